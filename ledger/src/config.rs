@@ -1,0 +1,406 @@
+//! Experiment configs: TOML files listing stages, their parameters and which earlier outputs
+//! they consume. Every error names the file, the line and the key.
+//!
+//! ```toml
+//! [experiment]
+//! name = "quickstart"
+//! seed = 7                       # default seed of every stage
+//!
+//! [[stage]]
+//! id = "sources"                 # node id, unique in the file
+//! uses = "ingest"                # which stage implementation
+//! paths = ["../README.md"]       # every other key is a parameter of the stage
+//!
+//! [[stage]]
+//! id = "corpus"
+//! uses = "pack"
+//! inputs = { files = "sources.files" }   # input name -> "<node id>.<output name>"
+//! ```
+
+use crate::stage::Registry;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A parameter problem found by a stage's `check`.
+#[derive(Debug)]
+pub struct ParamError {
+    /// Dotted path of the offending key, when known.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl ParamError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> ParamError {
+        ParamError {
+            key: Some(key.into()),
+            message: message.into(),
+        }
+    }
+}
+
+/// Deserializes a stage's parameter table into its typed form, naming the failing key.
+/// Use `#[serde(deny_unknown_fields)]` on `T` so misspelt keys are errors.
+pub fn parse_params<T: serde::de::DeserializeOwned>(params: toml::Table) -> Result<T, ParamError> {
+    let known: Vec<String> = params.keys().cloned().collect();
+    serde_path_to_error::deserialize(toml::Value::Table(params)).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.inner().message().to_string();
+        let key = if path == "." || path.is_empty() {
+            // Unknown or missing fields are reported at the table; find the key in the message.
+            known
+                .into_iter()
+                .find(|k| message.contains(&format!("`{k}`")))
+                .or_else(|| {
+                    message
+                        .split('`')
+                        .nth(1)
+                        .filter(|_| message.starts_with("missing field"))
+                        .map(str::to_string)
+                })
+        } else {
+            Some(path)
+        };
+        ParamError { key, message }
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    experiment: Option<RawExperiment>,
+    #[serde(default)]
+    stage: Vec<BTreeMap<String, Spanned<toml::Value>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExperiment {
+    name: Option<String>,
+    seed: Option<u64>,
+}
+
+/// A parsed, validated experiment, in execution order.
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    pub path: PathBuf,
+    pub name: String,
+    pub source: String,
+    /// Nodes in a topological order (config order where the DAG leaves a choice).
+    pub nodes: Vec<Node>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub id: String,
+    pub stage: String,
+    pub version: u32,
+    pub seed: u64,
+    /// Canonical parameters, defaults filled in.
+    pub config: serde_json::Value,
+    /// Input name → (producing node, output name).
+    pub inputs: BTreeMap<String, (String, String)>,
+    pub line: usize,
+}
+
+const RESERVED: [&str; 4] = ["id", "uses", "inputs", "seed"];
+
+impl Experiment {
+    pub fn load(path: &Path, registry: &Registry) -> Result<Experiment, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Experiment::parse(path, source, registry)
+    }
+
+    pub fn parse(
+        path: &Path,
+        source: String,
+        registry: &Registry,
+    ) -> Result<Experiment, ConfigError> {
+        let line_of = |offset: usize| source[..offset.min(source.len())].matches('\n').count() + 1;
+        let err = |line: Option<usize>, key: Option<&str>, message: String| ConfigError {
+            file: path.to_path_buf(),
+            line,
+            key: key.map(str::to_string),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(&source).map_err(|e| {
+            err(
+                e.span().map(|s| line_of(s.start)),
+                None,
+                e.message().to_string(),
+            )
+        })?;
+        let experiment = raw.experiment.unwrap_or(RawExperiment {
+            name: None,
+            seed: None,
+        });
+        let name = experiment.name.unwrap_or_else(|| {
+            path.file_stem()
+                .map_or("experiment".into(), |s| s.to_string_lossy().into_owned())
+        });
+        let default_seed = experiment.seed.unwrap_or(0);
+        if raw.stage.is_empty() {
+            return Err(err(None, None, "no [[stage]] entries".into()));
+        }
+
+        let mut nodes = Vec::new();
+        let mut lines = HashMap::new();
+        for table in raw.stage {
+            let first_line = table
+                .values()
+                .map(|v| line_of(v.span().start))
+                .min()
+                .unwrap_or(1);
+            let key_line = |k: &str| table.get(k).map(|v| line_of(v.span().start));
+            let string_of = |k: &str| -> Result<Option<String>, ConfigError> {
+                match table.get(k).map(|v| v.get_ref()) {
+                    None => Ok(None),
+                    Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+                    Some(other) => Err(err(
+                        key_line(k),
+                        Some(k),
+                        format!("expected a string, found {}", other.type_str()),
+                    )),
+                }
+            };
+            let id = string_of("id")?.ok_or_else(|| {
+                err(Some(first_line), Some("id"), "every [[stage]] needs an `id`".into())
+            })?;
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(err(
+                    key_line("id"),
+                    Some("id"),
+                    format!("`{id}` is not a valid id (letters, digits, `_` and `-`)"),
+                ));
+            }
+            if lines.contains_key(&id) {
+                return Err(err(
+                    key_line("id"),
+                    Some("id"),
+                    format!("duplicate stage id `{id}` (first at line {})", lines[&id]),
+                ));
+            }
+            let uses = string_of("uses")?.ok_or_else(|| {
+                err(
+                    Some(first_line),
+                    Some("uses"),
+                    format!("stage `{id}` needs `uses = \"<stage>\"`"),
+                )
+            })?;
+            let Some(stage) = registry.get(&uses) else {
+                return Err(err(
+                    key_line("uses"),
+                    Some("uses"),
+                    format!(
+                        "unknown stage `{uses}`; known stages: {}",
+                        registry.names().join(", ")
+                    ),
+                ));
+            };
+            let seed = match table.get("seed").map(|v| v.get_ref()) {
+                None => default_seed,
+                Some(toml::Value::Integer(i)) if *i >= 0 => *i as u64,
+                Some(other) => {
+                    return Err(err(
+                        key_line("seed"),
+                        Some("seed"),
+                        format!("expected a non-negative integer, found {other}"),
+                    ))
+                }
+            };
+
+            let mut inputs = BTreeMap::new();
+            if let Some(v) = table.get("inputs") {
+                let line = Some(line_of(v.span().start));
+                let toml::Value::Table(t) = v.get_ref() else {
+                    return Err(err(
+                        line,
+                        Some("inputs"),
+                        "expected a table of input name = \"<stage id>.<output>\"".into(),
+                    ));
+                };
+                for (name, reference) in t {
+                    let key = format!("inputs.{name}");
+                    let Some(spec) = stage.inputs().iter().find(|i| i.name == name) else {
+                        return Err(err(
+                            line,
+                            Some(&key),
+                            format!(
+                                "stage `{uses}` has no input `{name}`; its inputs: {}",
+                                list(stage.inputs().iter().map(|i| i.name))
+                            ),
+                        ));
+                    };
+                    let reference = reference.as_str().and_then(|r| r.split_once('.'));
+                    let Some((from, output)) = reference else {
+                        return Err(err(
+                            line,
+                            Some(&key),
+                            "expected \"<stage id>.<output name>\"".into(),
+                        ));
+                    };
+                    inputs.insert(spec.name.to_string(), (from.to_string(), output.to_string()));
+                }
+            }
+            for spec in stage.inputs() {
+                if spec.required && !inputs.contains_key(spec.name) {
+                    return Err(err(
+                        Some(first_line),
+                        Some("inputs"),
+                        format!("stage `{id}` ({uses}) needs input `{}`", spec.name),
+                    ));
+                }
+            }
+
+            let params: toml::Table = table
+                .iter()
+                .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+                .collect();
+            let config = stage.check(params).map_err(|e| {
+                let top = e.key.as_deref().map(|k| k.split('.').next().unwrap_or(k));
+                let line = top.and_then(key_line).or(Some(first_line));
+                err(
+                    line,
+                    e.key.as_deref(),
+                    format!("stage `{id}` ({uses}): {}", e.message),
+                )
+            })?;
+            lines.insert(id.clone(), first_line);
+            nodes.push(Node {
+                id,
+                stage: uses,
+                version: stage.version(),
+                seed,
+                config,
+                inputs,
+                line: first_line,
+            });
+        }
+
+        // Every reference must name an earlier-or-later node and one of its outputs.
+        for node in &nodes {
+            for (input, (from, output)) in &node.inputs {
+                let key = format!("inputs.{input}");
+                let Some(producer) = nodes.iter().find(|n| &n.id == from) else {
+                    return Err(err(
+                        Some(node.line),
+                        Some(&key),
+                        format!("stage `{}` reads `{from}.{output}`, but no stage has id `{from}`", node.id),
+                    ));
+                };
+                let outputs = registry.get(&producer.stage).expect("checked").outputs();
+                if !outputs.contains(&output.as_str()) {
+                    return Err(err(
+                        Some(node.line),
+                        Some(&key),
+                        format!(
+                            "stage `{from}` ({}) has no output `{output}`; its outputs: {}",
+                            producer.stage,
+                            list(outputs.iter().copied())
+                        ),
+                    ));
+                }
+            }
+        }
+
+        let nodes = topological_order(nodes).map_err(|cycle| {
+            err(
+                None,
+                None,
+                format!("the stages form a cycle: {}", cycle.join(" -> ")),
+            )
+        })?;
+        Ok(Experiment {
+            path: path.to_path_buf(),
+            name,
+            source,
+            nodes,
+        })
+    }
+
+    pub fn base_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+}
+
+fn list<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    let v: Vec<_> = items.collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Kahn's algorithm, stable in config order. On a cycle, returns the ids along it.
+fn topological_order(nodes: Vec<Node>) -> Result<Vec<Node>, Vec<String>> {
+    let mut remaining = nodes;
+    let mut done: Vec<Node> = Vec::new();
+    while !remaining.is_empty() {
+        let ready = remaining.iter().position(|n| {
+            n.inputs
+                .values()
+                .all(|(from, _)| done.iter().any(|d| &d.id == from))
+        });
+        match ready {
+            Some(i) => done.push(remaining.remove(i)),
+            None => {
+                // Follow unmet dependencies from any remaining node until one repeats.
+                let mut path = vec![remaining[0].id.clone()];
+                loop {
+                    let current = remaining.iter().find(|n| &n.id == path.last().unwrap());
+                    let next = current
+                        .and_then(|n| {
+                            n.inputs
+                                .values()
+                                .find(|(from, _)| remaining.iter().any(|r| &r.id == from))
+                        })
+                        .map(|(from, _)| from.clone())
+                        .expect("a node left unscheduled has an unscheduled dependency");
+                    if let Some(start) = path.iter().position(|p| *p == next) {
+                        let mut cycle = path[start..].to_vec();
+                        cycle.push(next);
+                        return Err(cycle);
+                    }
+                    path.push(next);
+                }
+            }
+        }
+    }
+    Ok(done)
+}

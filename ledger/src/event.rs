@@ -1,0 +1,226 @@
+//! The event vocabulary. Events are the source of truth; everything else is derived from them.
+//!
+//! Encoding is postcard (a specified, stable wire format). Variants and fields are only ever
+//! appended, never reordered, so old logs keep decoding and hashes never move; the golden-byte
+//! tests in `tests/golden.rs` pin that.
+
+use crate::hash::Hash;
+use serde::{Deserialize, Serialize};
+
+/// One record of the log. `prev` chains it to the record before, so truncation or tampering
+/// anywhere breaks the chain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub prev: Hash,
+    /// Wall-clock time of the append, milliseconds since the Unix epoch. Never part of a key.
+    pub time_ms: u64,
+    pub kind: EventKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum EventKind {
+    ArtifactAdded(ArtifactAdded),
+    RunStarted(RunStarted),
+    StageRun(StageRun),
+    Observation(Observation),
+    Tag(Tag),
+    Collected(Collected),
+}
+
+impl EventKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::ArtifactAdded(_) => "artifact",
+            EventKind::RunStarted(_) => "run",
+            EventKind::StageRun(_) => "stage",
+            EventKind::Observation(_) => "observation",
+            EventKind::Tag(_) => "tag",
+            EventKind::Collected(_) => "collected",
+        }
+    }
+}
+
+/// A blob entered the store from outside a stage (a file, a bundle, a config).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactAdded {
+    pub hash: Hash,
+    pub size: u64,
+    pub media_type: String,
+    pub origin: Origin,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Origin {
+    /// `ledger add` or a stage's external input; the path as given.
+    File { path: String },
+    /// The experiment config of a `ledger run`.
+    Config { path: String },
+}
+
+/// One invocation of `ledger run`: groups the stage runs it caused.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunStarted {
+    pub run_id: Hash,
+    pub experiment: String,
+    pub config: Hash,
+    pub config_path: String,
+}
+
+/// One stage executed (or answered from the cache) inside a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageRun {
+    pub run_id: Hash,
+    /// The node id in the experiment config.
+    pub node: String,
+    pub stage: String,
+    pub version: u32,
+    pub action_key: Hash,
+    /// Canonical JSON of the stage's full parameters, defaults included.
+    pub config: String,
+    pub seed: u64,
+    pub inputs: Vec<(String, Hash)>,
+    pub outputs: Vec<Output>,
+    pub metrics: Vec<(String, f64)>,
+    pub env: Environment,
+    pub status: RunStatus,
+    pub started_ms: u64,
+    pub ended_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Output {
+    pub name: String,
+    pub hash: Hash,
+    pub size: u64,
+    pub media_type: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum RunStatus {
+    Succeeded,
+    /// Outputs reused from the successful run recorded at event `source_seq`.
+    Cached { source_seq: u64 },
+    Failed { error: String },
+}
+
+/// Facts about where a stage ran; recorded for audit, never part of an action key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Environment {
+    pub host: String,
+    pub os: String,
+    pub arch: String,
+    pub threads: u32,
+    pub device: String,
+    pub cpu_features: Vec<String>,
+    pub ledger_version: String,
+}
+
+/// A recorded external response (HTTP, LLM, container exec), keyed by the hash of its request,
+/// so a replay needs no network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    pub source: String,
+    pub request: Hash,
+    pub response: Hash,
+    pub response_size: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Tag {
+    pub name: String,
+    pub target: Hash,
+}
+
+/// Blobs deliberately removed by `ledger gc`; their events stay, their bytes do not.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Collected {
+    pub hashes: Vec<Hash>,
+}
+
+impl Event {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("events always encode")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Event, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+
+    /// Every artifact address the event mentions, with the role it plays.
+    pub fn artifacts(&self) -> Vec<Hash> {
+        match &self.kind {
+            EventKind::ArtifactAdded(a) => vec![a.hash],
+            EventKind::RunStarted(r) => vec![r.config],
+            EventKind::StageRun(s) => s
+                .inputs
+                .iter()
+                .map(|(_, h)| *h)
+                .chain(s.outputs.iter().map(|o| o.hash))
+                .collect(),
+            EventKind::Observation(o) => vec![o.response],
+            EventKind::Tag(t) => vec![t.target],
+            EventKind::Collected(_) => vec![],
+        }
+    }
+}
+
+impl StageRun {
+    pub fn output(&self, name: &str) -> Option<&Output> {
+        self.outputs.iter().find(|o| o.name == name)
+    }
+
+    pub fn succeeded(&self) -> bool {
+        matches!(self.status, RunStatus::Succeeded)
+    }
+}
+
+impl Environment {
+    /// The environment of this process.
+    pub fn current() -> Environment {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        Environment {
+            host: hostname(),
+            os: std::env::consts::OS.to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+            threads,
+            device: "cpu".to_string(),
+            cpu_features: cpu_features(),
+            ledger_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+fn cpu_features() -> Vec<String> {
+    #[allow(unused_mut)]
+    let mut features = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! probe {
+            ($($f:tt),*) => {$(
+                if std::is_x86_feature_detected!($f) { features.push($f.to_string()); }
+            )*};
+        }
+        probe!("sse4.1", "avx", "avx2", "fma", "avx512f", "avx512bw");
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            features.push("neon".to_string());
+        }
+    }
+    features
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

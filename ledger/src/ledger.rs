@@ -1,0 +1,374 @@
+//! The `Ledger` handle: one directory holding the log, the blob store and the index.
+//!
+//! ```text
+//! <dir>/events.log   the append-only hash-chained event log (source of truth)
+//! <dir>/objects/     content-addressed blobs
+//! <dir>/index/       sled index, derived from the log
+//! <dir>/tmp/         in-flight blobs (never visible as artifacts)
+//! <dir>/LOCK         writer lock
+//! ```
+//! Order of writes: blob durable → event durable → index.
+
+use crate::error::{Error, Result};
+use crate::event::{ArtifactAdded, EventKind, Origin};
+use crate::hash::{is_hex_prefix, Hash};
+use crate::index::{Index, OpenIndex};
+use crate::lock::{Wait, WriterLock};
+use crate::log::{self, Frame, Scanner, Stored, Tail};
+use crate::store::BlobStore;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub const LOG_FILE: &str = "events.log";
+pub const INDEX_DIR: &str = "index";
+
+pub struct Ledger {
+    dir: PathBuf,
+    store: BlobStore,
+    log_path: PathBuf,
+    log_file: File,
+    index: Index,
+    /// Why this reader fell back to a private index, if it did (reported by `verify`).
+    index_problem: Option<String>,
+    writer: Option<(log::Writer, WriterLock)>,
+}
+
+impl Ledger {
+    /// Creates an empty ledger. Fails if `dir` already holds one.
+    pub fn init(dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let log_path = dir.join(LOG_FILE);
+        if log_path.exists() {
+            return Err(Error::Invalid(format!(
+                "{} is already a ledger",
+                dir.display()
+            )));
+        }
+        BlobStore::new(dir).create_dirs()?;
+        log::create(&log_path)?;
+        Ok(())
+    }
+
+    /// Opens for reading. Readers never block on a writer: if the writer holds the persistent
+    /// index, the reader builds a private in-memory one from the log.
+    pub fn open(dir: &Path) -> Result<Ledger> {
+        let log_path = existing_log(dir)?;
+        let index = match Index::open(&dir.join(INDEX_DIR))? {
+            OpenIndex::Ready(index) => index,
+            OpenIndex::Busy => {
+                tracing::debug!("index busy; reading through a private index");
+                Index::temporary()?
+            }
+        };
+        let mut ledger = Ledger::assemble(dir, log_path, index)?;
+        ledger.catch_up(false)?;
+        Ok(ledger)
+    }
+
+    /// Opens for writing: takes the writer lock, then the index.
+    pub fn open_writer(dir: &Path, wait: Wait) -> Result<Ledger> {
+        let log_path = existing_log(dir)?;
+        let lock = WriterLock::acquire(dir, wait)?;
+        let index_path = dir.join(INDEX_DIR);
+        // Readers hold the persistent index only for the length of one command.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let index = loop {
+            match Index::open(&index_path)? {
+                OpenIndex::Ready(index) => break index,
+                OpenIndex::Busy if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                OpenIndex::Busy => {
+                    return Err(Error::Locked(format!(
+                        "the index at {} stayed busy for 60 s",
+                        index_path.display()
+                    )))
+                }
+            }
+        };
+        let mut ledger = Ledger::assemble(dir, log_path, index)?;
+        let tail = ledger.catch_up(true)?;
+        ledger.writer = Some((log::Writer::open(&ledger.log_path, tail)?, lock));
+        Ok(ledger)
+    }
+
+    fn assemble(dir: &Path, log_path: PathBuf, index: Index) -> Result<Ledger> {
+        let log_file = File::open(&log_path).map_err(|e| Error::io(&log_path, e))?;
+        Ok(Ledger {
+            dir: dir.to_path_buf(),
+            store: BlobStore::new(dir),
+            log_path,
+            log_file,
+            index,
+            index_problem: None,
+            writer: None,
+        })
+    }
+
+    /// Brings the index up to the end of the log. A writer (`strict`) refuses to build on a
+    /// damaged or truncated log; a reader indexes what it can and warns.
+    fn catch_up(&mut self, strict: bool) -> Result<Tail> {
+        let mut tail = self.index.tail()?;
+        if let Err(problem) = self.check_index_tail(tail) {
+            if strict {
+                return Err(problem);
+            }
+            tracing::warn!("{problem}; reading through a private index rebuilt from the log");
+            self.index_problem = Some(problem.to_string());
+            self.index = Index::temporary()?;
+            tail = Tail::EMPTY;
+        }
+        let mut scanner = Scanner::open(&self.log_path, tail)?;
+        let mut batch = Vec::new();
+        while let Some(frame) = scanner.next() {
+            match frame? {
+                Frame::Good(stored) => {
+                    batch.push(stored);
+                    if batch.len() >= 8192 {
+                        self.index.apply(&batch, scanner.tail())?;
+                        batch.clear();
+                    }
+                }
+                Frame::Torn { .. } => break,
+                Frame::Damaged { offset, reason, .. } => {
+                    let msg = format!(
+                        "{}: event log damaged at byte {offset}: {reason}; run `ledger verify`",
+                        self.log_path.display()
+                    );
+                    if strict {
+                        return Err(Error::Corrupt(msg));
+                    }
+                    tracing::warn!("{msg}");
+                    self.index_problem.get_or_insert(msg);
+                    break;
+                }
+            }
+        }
+        let tail = scanner.tail();
+        self.index.apply(&batch, tail)?;
+        Ok(tail)
+    }
+
+    /// The index must describe a prefix of this very log.
+    fn check_index_tail(&self, tail: Tail) -> Result<()> {
+        if tail.next_seq == 0 {
+            return Ok(());
+        }
+        let len = self
+            .log_file
+            .metadata()
+            .map_err(|e| Error::io(&self.log_path, e))?
+            .len();
+        let truncated = || {
+            Error::Corrupt(format!(
+                "{}: the index knows {} events but the log holds fewer: the log was truncated or replaced. \
+                 `ledger verify` shows the damage; `ledger reindex` accepts the log as it is",
+                self.log_path.display(),
+                tail.next_seq
+            ))
+        };
+        if len < tail.end {
+            return Err(truncated());
+        }
+        let Some((offset, id)) = self.index.event_location(tail.next_seq - 1)? else {
+            return Err(truncated());
+        };
+        match log::read_at(&self.log_file, &self.log_path, offset) {
+            Ok(s) if s.id == id && s.id == tail.last_id => Ok(()),
+            _ => Err(truncated()),
+        }
+    }
+
+    /// Drops the index and rebuilds it from the log (writers only).
+    pub fn reindex(&mut self) -> Result<u64> {
+        self.require_writer()?;
+        self.index.clear()?;
+        let tail = self.catch_up(true)?;
+        self.index.flush()?;
+        Ok(tail.next_seq)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    pub fn store(&self) -> &BlobStore {
+        &self.store
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Set when this reader could not trust the persistent index and rebuilt a private one.
+    pub fn index_problem(&self) -> Option<&str> {
+        self.index_problem.as_deref()
+    }
+
+    pub fn is_writer(&self) -> bool {
+        self.writer.is_some()
+    }
+
+    fn require_writer(&mut self) -> Result<&mut log::Writer> {
+        self.writer
+            .as_mut()
+            .map(|(w, _)| w)
+            .ok_or_else(|| Error::Invalid("this ledger handle was opened read-only".into()))
+    }
+
+    /// Appends events durably, then indexes them.
+    pub fn append(&mut self, kinds: Vec<EventKind>) -> Result<Vec<Stored>> {
+        let writer = self.require_writer()?;
+        let stored = writer.append(kinds)?;
+        let tail = writer.tail();
+        self.index.apply(&stored, tail)?;
+        Ok(stored)
+    }
+
+    pub fn append_one(&mut self, kind: EventKind) -> Result<Stored> {
+        Ok(self.append(vec![kind])?.remove(0))
+    }
+
+    pub fn event(&self, seq: u64) -> Result<Stored> {
+        let (offset, id) = self
+            .index
+            .event_location(seq)?
+            .ok_or_else(|| Error::NotFound(format!("no event #{seq}")))?;
+        let stored = log::read_at(&self.log_file, &self.log_path, offset)?;
+        if stored.id != id || stored.event.seq != seq {
+            return Err(Error::Corrupt(format!(
+                "event #{seq} in the log does not match the index; run `ledger verify`"
+            )));
+        }
+        Ok(stored)
+    }
+
+    /// Every event from the start of the log.
+    pub fn scan(&self) -> Result<Scanner> {
+        Scanner::open(&self.log_path, Tail::EMPTY)
+    }
+
+    pub fn event_count(&self) -> u64 {
+        self.index.event_count()
+    }
+
+    /// Adds bytes from a reader as an artifact (one event, unless the bytes are already known).
+    pub fn add(
+        &mut self,
+        input: &mut dyn Read,
+        what: &str,
+        media_type: &str,
+        origin: Origin,
+    ) -> Result<(Hash, u64)> {
+        self.require_writer()?;
+        let (hash, size) = self.store.ingest(input, what)?;
+        let known = self.index.introducer(&hash)?.is_some() && !self.index.is_collected(&hash)?;
+        if !known {
+            self.append_one(EventKind::ArtifactAdded(ArtifactAdded {
+                hash,
+                size,
+                media_type: media_type.to_string(),
+                origin,
+            }))?;
+        }
+        Ok((hash, size))
+    }
+
+    pub fn add_file(&mut self, path: &Path) -> Result<(Hash, u64)> {
+        let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+        if f.metadata().map_err(|e| Error::io(path, e))?.is_dir() {
+            return Err(Error::Invalid(format!(
+                "{}: is a directory, not a file",
+                path.display()
+            )));
+        }
+        let shown = path.display().to_string();
+        self.add(
+            &mut f,
+            &shown,
+            media_type_for(path),
+            Origin::File { path: shown.clone() },
+        )
+    }
+
+    /// Resolves a tag name, a full address or a unique prefix of >= 8 hex digits to an
+    /// artifact or run address.
+    pub fn resolve(&self, what: &str) -> Result<Hash> {
+        if let Some(h) = self.index.tag(what)? {
+            return Ok(h);
+        }
+        if !is_hex_prefix(what) {
+            return Err(Error::NotFound(format!(
+                "`{what}` is neither a tag nor a hex address"
+            )));
+        }
+        let prefix = what.to_ascii_lowercase();
+        if prefix.len() < 8 {
+            return Err(Error::Invalid(format!(
+                "`{what}` is too short: give at least 8 hex digits"
+            )));
+        }
+        let mut found = self.index.match_prefix(&prefix)?;
+        match found.len() {
+            0 => Err(Error::NotFound(format!(
+                "no artifact or run in {} matches `{what}`",
+                self.dir.display()
+            ))),
+            1 => Ok(found.remove(0)),
+            _ => Err(Error::Ambiguous {
+                prefix: what.to_string(),
+                candidates: found.iter().map(|h| h.to_hex()).collect(),
+            }),
+        }
+    }
+
+    /// The event that first brought an artifact's bytes into the ledger.
+    pub fn introducer(&self, hash: &Hash) -> Result<Option<Stored>> {
+        self.index
+            .introducer(hash)?
+            .map(|seq| self.event(seq))
+            .transpose()
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.index.flush()
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        let _ = self.index.flush();
+    }
+}
+
+fn existing_log(dir: &Path) -> Result<PathBuf> {
+    let log_path = dir.join(LOG_FILE);
+    if !log_path.is_file() {
+        return Err(Error::NotFound(format!(
+            "no ledger at {} (run `ledger init`, or point --ledger / LEDGER_DIR at one)",
+            dir.display()
+        )));
+    }
+    Ok(log_path)
+}
+
+/// A media type from a file name, for humans and tools reading `ledger show`.
+pub fn media_type_for(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        "json" => "application/json",
+        "jsonl" | "ndjson" => "application/x-ndjson",
+        "zst" => "application/zstd",
+        "toml" => "application/toml",
+        "safetensors" => "application/x-safetensors",
+        "md" | "markdown" => "text/markdown",
+        "txt" | "rst" | "rs" | "py" | "pyi" | "c" | "h" | "cpp" | "go" | "js" | "ts" | "sh"
+        | "yaml" | "yml" | "csv" | "tsv" => "text/plain",
+        _ => "application/octet-stream",
+    }
+}

@@ -1,0 +1,24 @@
+//! davinci-ledger's embedded core: an append-only, hash-chained event log (the source of
+//! truth), a content-addressed blob store, a sled index derived from the log, lineage, and the
+//! stage runner with its action cache.
+
+pub mod action;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod gc;
+pub mod hash;
+pub mod index;
+pub mod ledger;
+pub mod lineage;
+pub mod lock;
+pub mod log;
+pub mod runner;
+pub mod stage;
+pub mod store;
+pub mod verify;
+
+pub use error::{Error, Result};
+pub use hash::Hash;
+pub use ledger::Ledger;
+pub use lock::Wait;

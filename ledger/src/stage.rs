@@ -1,0 +1,262 @@
+//! The `Stage` trait and the context a stage executes in.
+//!
+//! A stage is a pure function of its configuration, its input artifacts, its seed and the
+//! external responses it observes: everything it reads comes through `StageContext`, and
+//! everything it produces goes out through it, so the runner can key, cache and replay it.
+
+use crate::config::ParamError;
+use crate::error::{Error, Result};
+use crate::event::{EventKind, Observation, Output};
+use crate::hash::Hash;
+use crate::ledger::Ledger;
+use crate::store::{BlobStore, BlobWriter};
+use indicatif::ProgressBar;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug)]
+pub struct InputSpec {
+    pub name: &'static str,
+    pub required: bool,
+    pub description: &'static str,
+}
+
+/// A file outside the ledger that a configuration reads. The runner ingests it as an artifact
+/// before keying, so a changed file is a different action.
+#[derive(Clone, Debug)]
+pub struct ExternalInput {
+    /// Input name recorded on the stage run, e.g. `file:src/lib.rs`.
+    pub name: String,
+    pub path: PathBuf,
+}
+
+pub trait Stage: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Bump when the same inputs and config would produce different bytes.
+    fn version(&self) -> u32;
+    fn description(&self) -> &'static str;
+    fn inputs(&self) -> &'static [InputSpec];
+    fn outputs(&self) -> &'static [&'static str];
+    /// Validates the parameter table and returns the canonical config, defaults filled in.
+    fn check(&self, params: toml::Table) -> Result<serde_json::Value, ParamError>;
+    /// Files outside the ledger this configuration reads, relative paths resolved against
+    /// `base_dir` (the config file's directory).
+    fn external_inputs(
+        &self,
+        _config: &serde_json::Value,
+        _base_dir: &Path,
+    ) -> anyhow::Result<Vec<ExternalInput>> {
+        Ok(Vec::new())
+    }
+    fn execute(&self, ctx: &mut StageContext) -> anyhow::Result<()>;
+}
+
+/// The stages a binary knows, by name.
+#[derive(Default)]
+pub struct Registry {
+    stages: BTreeMap<&'static str, Box<dyn Stage>>,
+}
+
+impl Registry {
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    pub fn register(&mut self, stage: Box<dyn Stage>) {
+        self.stages.insert(stage.name(), stage);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&dyn Stage> {
+        self.stages.get(name).map(|s| s.as_ref())
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.stages.keys().copied().collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &dyn Stage> {
+        self.stages.values().map(|s| s.as_ref())
+    }
+}
+
+/// How observations behave: recorded and reused in a run, reused only in a replay.
+pub enum Mode<'a> {
+    Run(&'a mut Ledger),
+    /// Offline: outputs go to a scratch store, every observation must already be recorded.
+    Replay { ledger: &'a Ledger, scratch: &'a BlobStore },
+}
+
+pub struct StageContext<'a> {
+    mode: Mode<'a>,
+    node: String,
+    config: serde_json::Value,
+    seed: u64,
+    inputs: Vec<(String, Hash)>,
+    outputs: Vec<Output>,
+    metrics: Vec<(String, f64)>,
+    progress: ProgressBar,
+}
+
+impl<'a> StageContext<'a> {
+    pub fn new(
+        mode: Mode<'a>,
+        node: &str,
+        config: serde_json::Value,
+        seed: u64,
+        inputs: Vec<(String, Hash)>,
+        progress: ProgressBar,
+    ) -> StageContext<'a> {
+        StageContext {
+            mode,
+            node: node.to_string(),
+            config,
+            seed,
+            inputs,
+            outputs: Vec::new(),
+            metrics: Vec::new(),
+            progress,
+        }
+    }
+
+    fn ledger(&self) -> &Ledger {
+        match &self.mode {
+            Mode::Run(l) => l,
+            Mode::Replay { ledger, .. } => ledger,
+        }
+    }
+
+    fn input_store(&self) -> &BlobStore {
+        self.ledger().store()
+    }
+
+    fn output_store(&self) -> &BlobStore {
+        match &self.mode {
+            Mode::Run(l) => l.store(),
+            Mode::Replay { scratch, .. } => scratch,
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    pub fn config(&self) -> &serde_json::Value {
+        &self.config
+    }
+
+    /// The stage's typed parameters (from the canonical config).
+    pub fn params<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
+        Ok(serde_json::from_value(self.config.clone())?)
+    }
+
+    pub fn inputs(&self) -> &[(String, Hash)] {
+        &self.inputs
+    }
+
+    pub fn input(&self, name: &str) -> Result<Hash> {
+        self.inputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, h)| *h)
+            .ok_or_else(|| Error::NotFound(format!("stage `{}` has no input `{name}`", self.node)))
+    }
+
+    pub fn read_blob(&self, hash: &Hash) -> Result<Vec<u8>> {
+        self.input_store().read(hash)
+    }
+
+    pub fn open_blob(&self, hash: &Hash) -> Result<std::fs::File> {
+        self.input_store().open(hash)
+    }
+
+    pub fn read_input(&self, name: &str) -> Result<Vec<u8>> {
+        self.read_blob(&self.input(name)?)
+    }
+
+    pub fn write_output(&mut self, name: &str, media_type: &str, bytes: &[u8]) -> Result<Hash> {
+        let (hash, size) = self.output_store().put_bytes(bytes)?;
+        self.record_output(name, media_type, hash, size);
+        Ok(hash)
+    }
+
+    /// A streaming writer for a large output; hand it back to `finish_output`.
+    pub fn output_writer(&self) -> Result<BlobWriter> {
+        self.output_store().writer()
+    }
+
+    pub fn finish_output(
+        &mut self,
+        name: &str,
+        media_type: &str,
+        writer: BlobWriter,
+    ) -> Result<Hash> {
+        let (hash, size) = writer.finish()?;
+        self.record_output(name, media_type, hash, size);
+        Ok(hash)
+    }
+
+    fn record_output(&mut self, name: &str, media_type: &str, hash: Hash, size: u64) {
+        self.outputs.retain(|o| o.name != name);
+        self.outputs.push(Output {
+            name: name.to_string(),
+            hash,
+            size,
+            media_type: media_type.to_string(),
+        });
+    }
+
+    pub fn metric(&mut self, name: &str, value: f64) {
+        self.metrics.retain(|(n, _)| n != name);
+        self.metrics.push((name.to_string(), value));
+    }
+
+    pub fn progress(&self) -> &ProgressBar {
+        &self.progress
+    }
+
+    /// Answers an external request from its recorded observation, or performs it with
+    /// `fetch` and records the response durably before returning it. In a replay, an
+    /// unrecorded request is an error: replays never touch the network.
+    pub fn observe(
+        &mut self,
+        source: &str,
+        request: &[u8],
+        fetch: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+    ) -> anyhow::Result<Vec<u8>> {
+        let request_hash = Hash::of(request);
+        let recorded = self.ledger().index().observation(&request_hash)?;
+        if let Some(seq) = recorded {
+            if let crate::event::EventKind::Observation(o) = self.ledger().event(seq)?.event.kind
+            {
+                return Ok(self.input_store().read(&o.response)?);
+            }
+        }
+        match &mut self.mode {
+            Mode::Replay { .. } => anyhow::bail!(
+                "{source} request {} was never recorded; a replay cannot perform it",
+                request_hash.short()
+            ),
+            Mode::Run(ledger) => {
+                let response = fetch()?;
+                let (hash, size) = ledger.store().put_bytes(&response)?;
+                ledger.append_one(EventKind::Observation(Observation {
+                    source: source.to_string(),
+                    request: request_hash,
+                    response: hash,
+                    response_size: size,
+                }))?;
+                Ok(response)
+            }
+        }
+    }
+
+    pub fn finish(self) -> (Vec<Output>, Vec<(String, f64)>) {
+        let mut outputs = self.outputs;
+        outputs.sort_by(|a, b| a.name.cmp(&b.name));
+        (outputs, self.metrics)
+    }
+}

@@ -1,0 +1,482 @@
+//! The porcelain: each `ledger` subcommand, printing for people (or JSON with `--json`).
+
+use crate::Format;
+use anyhow::{bail, Context as _, Result};
+use ledger::config::Experiment;
+use ledger::event::{Event, EventKind, Origin, RunStatus};
+use ledger::lineage::{describe, human_size, lineage as build_lineage, Provenance};
+use ledger::log::Frame;
+use ledger::runner::{self, Outcome, RunOptions};
+use ledger::{Hash, Ledger, Wait};
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+pub struct Context {
+    pub dir: PathBuf,
+    pub wait: Wait,
+}
+
+/// Exit status of `ledger replay` when the rebuilt bytes differ (errors exit 1).
+const NOT_REPRODUCIBLE: u8 = 3;
+
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+impl Context {
+    fn reader(&self) -> Result<Ledger> {
+        Ok(Ledger::open(&self.dir)?)
+    }
+
+    fn writer(&self) -> Result<Ledger> {
+        Ok(Ledger::open_writer(&self.dir, self.wait)?)
+    }
+
+    /// A writer, creating the ledger first if there is none (for `add` and `run`).
+    fn writer_or_init(&self) -> Result<Ledger> {
+        if !self.dir.join(ledger::ledger::LOG_FILE).exists() {
+            Ledger::init(&self.dir)?;
+            eprintln!("created a new ledger at {}", self.dir.display());
+        }
+        self.writer()
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+pub fn init(ctx: &Context) -> Result<ExitCode> {
+    Ledger::init(&ctx.dir)?;
+    println!("initialised an empty ledger at {}", ctx.dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn add(ctx: &Context, files: &[PathBuf]) -> Result<ExitCode> {
+    let mut ledger = ctx.writer_or_init()?;
+    for file in files {
+        let (hash, size) = ledger.add_file(file)?;
+        println!("{hash}  {}  ({})", file.display(), human_size(size));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn cat(ctx: &Context, what: &str) -> Result<ExitCode> {
+    let ledger = ctx.reader()?;
+    let hash = ledger.resolve(what)?;
+    let mut blob = ledger.store().open(&hash)?;
+    let mut out = std::io::stdout().lock();
+    match std::io::copy(&mut blob, &mut out) {
+        Ok(_) => {}
+        // `ledger cat X | head` is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => return Err(e).context("writing to stdout"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn show(ctx: &Context, what: &str, json: bool) -> Result<ExitCode> {
+    let ledger = ctx.reader()?;
+    let hash = ledger.resolve(what)?;
+    if ledger.index().is_run(&hash)? {
+        return show_run(&ledger, &hash, json);
+    }
+    let info = describe(&ledger, &hash)?;
+    let consumers: Vec<u64> = ledger.index().consumers(&hash)?;
+    if json {
+        print_json(&json!({ "artifact": info, "consumed_by_events": consumers }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("artifact   {}", info.hash);
+    println!("size       {} ({} bytes)", human_size(info.size), info.size);
+    println!("media type {}", info.media_type);
+    let state = if info.stored {
+        "stored"
+    } else if info.collected {
+        "collected by gc (replay rebuilds it)"
+    } else {
+        "MISSING from the store"
+    };
+    println!("bytes      {state}");
+    if !info.tags.is_empty() {
+        println!("tags       {}", info.tags.join(", "));
+    }
+    match &info.provenance {
+        Provenance::File { path } => println!("origin     file {path}"),
+        Provenance::Config { path } => println!("origin     experiment config {path}"),
+        Provenance::Observation { source, request } => {
+            println!("origin     {source} response to request {}", &request[..12])
+        }
+        Provenance::Output { output, step, .. } => {
+            println!(
+                "produced   output `{output}` of step #{} `{}` ({} v{})",
+                step.seq, step.node, step.stage, step.version
+            );
+            println!("run        {}", step.run_id);
+            println!("action     {}", step.action_key);
+            println!("seed       {}", step.seed);
+            println!("config     {}", step.config);
+            println!("inputs");
+            for (name, h) in &step.inputs {
+                println!("  {name:<24} {h}");
+            }
+            if !step.metrics.is_empty() {
+                println!("metrics");
+                for (name, v) in &step.metrics {
+                    println!("  {name:<24} {v}");
+                }
+            }
+        }
+    }
+    if !consumers.is_empty() {
+        let list: Vec<String> = consumers.iter().map(|s| format!("#{s}")).collect();
+        println!("used by    steps {}", list.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show_run(ledger: &Ledger, run: &Hash, json: bool) -> Result<ExitCode> {
+    let events: Vec<Event> = ledger
+        .index()
+        .run_events(run)?
+        .into_iter()
+        .map(|seq| Ok(ledger.event(seq)?.event))
+        .collect::<Result<_>>()?;
+    if json {
+        print_json(&json!({ "run": run.to_hex(), "events": events.iter().map(event_json).collect::<Vec<_>>() }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("run {run}");
+    for e in &events {
+        println!("  {}", summarize(e));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn log(ctx: &Context, limit: Option<usize>, json: bool) -> Result<ExitCode> {
+    let ledger = ctx.reader()?;
+    let total = ledger.event_count();
+    let skip = limit.map_or(0, |n| total.saturating_sub(n as u64));
+    let mut out = std::io::stdout().lock();
+    let mut items = Vec::new();
+    for frame in ledger.scan()? {
+        let Frame::Good(stored) = frame? else { break };
+        if stored.event.seq < skip {
+            continue;
+        }
+        if json {
+            items.push(event_json(&stored.event));
+        } else if writeln!(out, "{}", summarize(&stored.event)).is_err() {
+            break; // closed pipe
+        }
+    }
+    if json {
+        drop(out);
+        print_json(&items)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn event_json(e: &Event) -> serde_json::Value {
+    let detail = match &e.kind {
+        EventKind::ArtifactAdded(a) => json!({
+            "hash": a.hash.to_hex(), "size": a.size, "media_type": a.media_type,
+            "origin": match &a.origin { Origin::File { path } => json!({"file": path}), Origin::Config { path } => json!({"config": path}) },
+        }),
+        EventKind::RunStarted(r) => json!({
+            "run_id": r.run_id.to_hex(), "experiment": r.experiment, "config": r.config.to_hex(), "config_path": r.config_path,
+        }),
+        EventKind::StageRun(s) => json!({
+            "run_id": s.run_id.to_hex(), "node": s.node, "stage": s.stage, "version": s.version,
+            "action_key": s.action_key.to_hex(),
+            "config": serde_json::from_str::<serde_json::Value>(&s.config).unwrap_or_default(),
+            "seed": s.seed,
+            "inputs": s.inputs.iter().map(|(n, h)| json!({"name": n, "hash": h.to_hex()})).collect::<Vec<_>>(),
+            "outputs": s.outputs.iter().map(|o| json!({"name": o.name, "hash": o.hash.to_hex(), "size": o.size, "media_type": o.media_type})).collect::<Vec<_>>(),
+            "metrics": s.metrics.iter().map(|(n, v)| (n.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "env": { "host": s.env.host, "os": s.env.os, "arch": s.env.arch, "threads": s.env.threads, "device": s.env.device, "cpu_features": s.env.cpu_features, "ledger_version": s.env.ledger_version },
+            "status": match &s.status { RunStatus::Succeeded => json!("succeeded"), RunStatus::Cached { source_seq } => json!({"cached_from": source_seq}), RunStatus::Failed { error } => json!({"failed": error}) },
+            "started_ms": s.started_ms, "ended_ms": s.ended_ms,
+        }),
+        EventKind::Observation(o) => json!({
+            "source": o.source, "request": o.request.to_hex(), "response": o.response.to_hex(), "response_size": o.response_size,
+        }),
+        EventKind::Tag(t) => json!({"name": t.name, "target": t.target.to_hex()}),
+        EventKind::Collected(c) => json!({"hashes": c.hashes.iter().map(|h| h.to_hex()).collect::<Vec<_>>()}),
+    };
+    json!({ "seq": e.seq, "prev": e.prev.to_hex(), "time_ms": e.time_ms, "kind": e.kind.name(), "detail": detail })
+}
+
+fn summarize(e: &Event) -> String {
+    let what = match &e.kind {
+        EventKind::ArtifactAdded(a) => {
+            let origin = match &a.origin {
+                Origin::File { path } => format!("file {path}"),
+                Origin::Config { path } => format!("config {path}"),
+            };
+            format!("add    {}  {origin} ({})", a.hash.short(), human_size(a.size))
+        }
+        EventKind::RunStarted(r) => format!(
+            "run    {}  experiment `{}` from {}",
+            r.run_id.short(),
+            r.experiment,
+            r.config_path
+        ),
+        EventKind::StageRun(s) => {
+            let status = match &s.status {
+                RunStatus::Succeeded => "executed".to_string(),
+                RunStatus::Cached { source_seq } => format!("cached from #{source_seq}"),
+                RunStatus::Failed { error } => format!("FAILED: {error}"),
+            };
+            let outputs: Vec<String> = s
+                .outputs
+                .iter()
+                .map(|o| format!("{}={}", o.name, o.hash.short()))
+                .collect();
+            format!(
+                "stage  {}  {} ({} v{}) {status} {} [{:.2}s]",
+                s.run_id.short(),
+                s.node,
+                s.stage,
+                s.version,
+                outputs.join(" "),
+                s.ended_ms.saturating_sub(s.started_ms) as f64 / 1000.0
+            )
+        }
+        EventKind::Observation(o) => format!(
+            "observe {} request {} -> {} ({})",
+            o.source,
+            o.request.short(),
+            o.response.short(),
+            human_size(o.response_size)
+        ),
+        EventKind::Tag(t) => format!("tag    {} -> {}", t.name, t.target.short()),
+        EventKind::Collected(c) => format!("gc     {} blobs collected", c.hashes.len()),
+    };
+    format!("#{:<6} {}  {what}", e.seq, format_time(e.time_ms))
+}
+
+/// UTC `YYYY-MM-DD HH:MM:SS` without a date library.
+fn format_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+pub fn lineage(ctx: &Context, what: &str, format: Format) -> Result<ExitCode> {
+    let ledger = ctx.reader()?;
+    let hash = ledger.resolve(what)?;
+    let graph = build_lineage(&ledger, &hash)?;
+    match format {
+        Format::Text => print!("{}", graph.to_text()),
+        Format::Dot => print!("{}", graph.to_dot()),
+        Format::Json => print_json(&graph)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run(ctx: &Context, config: &Path, progress: bool, json: bool) -> Result<ExitCode> {
+    let registry = stages::registry();
+    // Parse and plan before taking the lock: a bad config never touches the ledger.
+    let experiment = Experiment::load(config, &registry)?;
+    let mut ledger = ctx.writer_or_init()?;
+    let report = runner::run(&mut ledger, &registry, &experiment, &RunOptions { progress })?;
+    if json {
+        print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("run {} (experiment `{}`)", report.run_id, report.experiment);
+    for step in &report.steps {
+        let outcome = match step.outcome {
+            Outcome::Executed => "executed".to_string(),
+            Outcome::Cached { source_seq } => format!("cached (reused step #{source_seq})"),
+        };
+        println!(
+            "  {:<14} {:<10} {outcome:<28} {:>7.2}s",
+            step.node, step.stage, step.seconds
+        );
+        for (name, hash) in &step.outputs {
+            println!("      {name} = {hash}");
+        }
+        if !step.metrics.is_empty() {
+            let m: Vec<String> = step.metrics.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("      {}", m.join("  "));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn replay(ctx: &Context, what: &str, json: bool) -> Result<ExitCode> {
+    let ledger = ctx.reader()?;
+    let hash = ledger.resolve(what)?;
+    let report = replay::replay(&ledger, &stages::registry(), &hash)?;
+    if json {
+        print_json(&report)?;
+    } else {
+        println!("{report}");
+    }
+    Ok(match report.verdict {
+        replay::Verdict::BitIdentical => ExitCode::SUCCESS,
+        replay::Verdict::NotReproducible => ExitCode::from(NOT_REPRODUCIBLE),
+    })
+}
+
+pub fn diff(ctx: &Context, a: &str, b: &str, json: bool) -> Result<ExitCode> {
+    let ledger = ctx.reader()?;
+    let (a, b) = (ledger.resolve(a)?, ledger.resolve(b)?);
+    let report = replay::diff(&ledger, &a, &b)?;
+    if json {
+        print_json(&report)?;
+    } else {
+        print!("{report}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn verify(ctx: &Context, json: bool) -> Result<ExitCode> {
+    let ledger = ctx.reader()?;
+    let bar = indicatif::ProgressBar::new(0);
+    let started = std::time::Instant::now();
+    let report = ledger::verify::verify(&ledger, &bar)?;
+    let seconds = started.elapsed().as_secs_f64();
+    if json {
+        print_json(&json!({ "report": report, "seconds": seconds }))?;
+    } else {
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
+        }
+        for p in &report.problems {
+            println!("PROBLEM {}: {}: {}", p.kind, p.subject, p.detail);
+        }
+        for (artifact, root) in &report.downstream {
+            println!(
+                "AFFECTED {artifact}: built from damaged {}",
+                &root[..12.min(root.len())]
+            );
+        }
+        println!(
+            "{} events, {} blobs ({}) checked in {seconds:.2}s: {}",
+            report.events,
+            report.blobs,
+            human_size(report.blob_bytes),
+            if report.clean() {
+                "clean".to_string()
+            } else {
+                format!("{} problem(s)", report.problems.len())
+            }
+        );
+    }
+    Ok(if report.clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub fn gc(ctx: &Context, dry_run: bool, json: bool) -> Result<ExitCode> {
+    let mut ledger = ctx.writer()?;
+    let report = ledger::gc::gc(&mut ledger, dry_run)?;
+    if json {
+        print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for (hash, size) in &report.removed {
+        println!("{verb} {hash} ({})", human_size(*size));
+    }
+    println!(
+        "{verb} {} blobs ({}) and {} temp files",
+        report.removed.len(),
+        human_size(report.bytes),
+        report.temp_files
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn tag(ctx: &Context, name: &str, what: &str) -> Result<ExitCode> {
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!("tag name `{name}` must be non-empty and have no spaces");
+    }
+    if ledger::hash::is_hex_prefix(name) && name.len() >= 8 {
+        bail!("tag name `{name}` looks like a hash; pick a name that is not all hex digits");
+    }
+    let mut ledger = ctx.writer()?;
+    let target = ledger.resolve(what)?;
+    if ledger.index().introducer(&target)?.is_none() {
+        bail!("{what} is not an artifact (tags point at artifacts)");
+    }
+    ledger.append_one(EventKind::Tag(ledger::event::Tag {
+        name: name.to_string(),
+        target,
+    }))?;
+    println!("{name} -> {target}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn reindex(ctx: &Context) -> Result<ExitCode> {
+    let mut ledger = ctx.writer()?;
+    let events = ledger.reindex()?;
+    println!("reindexed {events} events");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn stages(json: bool) -> Result<ExitCode> {
+    let registry = stages::registry();
+    if json {
+        let list: Vec<_> = registry
+            .iter()
+            .map(|s| {
+                json!({
+                    "name": s.name(), "version": s.version(), "description": s.description(),
+                    "inputs": s.inputs().iter().map(|i| json!({"name": i.name, "required": i.required, "description": i.description})).collect::<Vec<_>>(),
+                    "outputs": s.outputs(),
+                })
+            })
+            .collect();
+        print_json(&list)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for s in registry.iter() {
+        let inputs: Vec<&str> = s.inputs().iter().map(|i| i.name).collect();
+        println!(
+            "{:<12} v{}  {}  (inputs: {}; outputs: {})",
+            s.name(),
+            s.version(),
+            s.description(),
+            if inputs.is_empty() { "-".to_string() } else { inputs.join(", ") },
+            s.outputs().join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,151 @@
+//! The `ledger` command line: argument parsing only; the work is in `commands`.
+
+mod commands;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "ledger",
+    version,
+    about = "An embedded, event-sourced, content-addressed ledger for reproducible ML pipelines"
+)]
+struct Cli {
+    /// The ledger directory.
+    #[arg(long, global = true, env = "LEDGER_DIR", default_value = ".ledger")]
+    ledger: PathBuf,
+    /// Fail at once instead of waiting when another process is writing.
+    #[arg(long, global = true)]
+    no_wait: bool,
+    /// More log output (repeat for more); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create an empty ledger.
+    Init,
+    /// Add files as artifacts; prints each hash.
+    Add {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Write an artifact's bytes to stdout.
+    Cat { hash: String },
+    /// What an artifact or run is, who produced it, from which inputs.
+    Show {
+        hash: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Runs and events, oldest first.
+    Log {
+        /// Only the last N events.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The full ancestry DAG of an artifact.
+    Lineage {
+        hash: String,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Execute an experiment config; cached actions are reused.
+    Run {
+        config: PathBuf,
+        /// Hide progress bars.
+        #[arg(long)]
+        no_progress: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-execute the step that produced an artifact and check its bytes
+    /// (exit 0 bit-identical, 3 not reproducible, 1 error).
+    Replay {
+        hash: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare two runs or two artifacts.
+    Diff {
+        a: String,
+        b: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rehash every blob, walk the hash chain, check the index (exit 1 on any problem).
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove blobs that no tag or run reaches.
+    Gc {
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Point a tag at an artifact.
+    Tag { name: String, hash: String },
+    /// Rebuild the index from the event log.
+    Reindex,
+    /// List the stages this build can run.
+    Stages {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    Text,
+    Dot,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    commands::init_logging(cli.verbose);
+    let ctx = commands::Context {
+        dir: cli.ledger,
+        wait: if cli.no_wait {
+            ledger::Wait::NoWait
+        } else {
+            ledger::Wait::Block
+        },
+    };
+    let result = match cli.command {
+        Command::Init => commands::init(&ctx),
+        Command::Add { files } => commands::add(&ctx, &files),
+        Command::Cat { hash } => commands::cat(&ctx, &hash),
+        Command::Show { hash, json } => commands::show(&ctx, &hash, json),
+        Command::Log { limit, json } => commands::log(&ctx, limit, json),
+        Command::Lineage { hash, format } => commands::lineage(&ctx, &hash, format),
+        Command::Run {
+            config,
+            no_progress,
+            json,
+        } => commands::run(&ctx, &config, !no_progress, json),
+        Command::Replay { hash, json } => commands::replay(&ctx, &hash, json),
+        Command::Diff { a, b, json } => commands::diff(&ctx, &a, &b, json),
+        Command::Verify { json } => commands::verify(&ctx, json),
+        Command::Gc { dry_run, json } => commands::gc(&ctx, dry_run, json),
+        Command::Tag { name, hash } => commands::tag(&ctx, &name, &hash),
+        Command::Reindex => commands::reindex(&ctx),
+        Command::Stages { json } => commands::stages(json),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
