@@ -2,6 +2,8 @@
 
 pub mod ingest;
 pub mod pack;
+pub mod record;
+pub mod shard;
 
 use ledger::stage::Registry;
 
