@@ -12,7 +12,7 @@ use crate::event::{
 };
 use crate::hash::Hash;
 use crate::ledger::Ledger;
-use crate::stage::{Mode, Registry, StageContext};
+use crate::stage::{ExternalSource, Mode, Registry, StageContext};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -113,7 +113,18 @@ pub fn run(
             .external_inputs(&node.config, experiment.base_dir())
             .map_err(|e| stage_error(node.id.as_str(), &node.stage, &e))?;
         for ext in external {
-            let (hash, _) = ledger.add_file(&ext.path)?;
+            let hash = match ext.source {
+                ExternalSource::File(path) => ledger.add_file(&path)?.0,
+                ExternalSource::Snapshot {
+                    bytes,
+                    media_type,
+                    origin,
+                } => {
+                    ledger
+                        .add(&mut bytes.as_slice(), &origin, &media_type, Origin::File { path: origin.clone() })?
+                        .0
+                }
+            };
             inputs.push((ext.name, hash));
         }
         inputs.sort();
@@ -145,6 +156,7 @@ pub fn run(
                 tracing::info!("{}: executing {} v{}", node.id, node.stage, node.version);
                 let mut ctx = StageContext::new(
                     Mode::Run(ledger),
+                    experiment.base_dir(),
                     &node.id,
                     node.config.clone(),
                     node.seed,

@@ -21,13 +21,26 @@ pub struct InputSpec {
     pub description: &'static str,
 }
 
-/// A file outside the ledger that a configuration reads. The runner ingests it as an artifact
-/// before keying, so a changed file is a different action.
+/// Something outside the ledger that a configuration reads. The runner ingests it as an
+/// artifact before keying, so a changed file (or a moved git branch) is a different action.
 #[derive(Clone, Debug)]
 pub struct ExternalInput {
     /// Input name recorded on the stage run, e.g. `file:src/lib.rs`.
     pub name: String,
-    pub path: PathBuf,
+    pub source: ExternalSource,
+}
+
+#[derive(Clone, Debug)]
+pub enum ExternalSource {
+    /// A file, ingested as it is.
+    File(PathBuf),
+    /// A description of external state that pins it by content (e.g. a git commit id),
+    /// recorded as an artifact whose origin is `origin`.
+    Snapshot {
+        bytes: Vec<u8>,
+        media_type: String,
+        origin: String,
+    },
 }
 
 pub trait Stage: Send + Sync {
@@ -88,6 +101,9 @@ pub enum Mode<'a> {
 
 pub struct StageContext<'a> {
     mode: Mode<'a>,
+    /// The experiment config's directory: where relative locations of external sources
+    /// (e.g. a git clone) are resolved. Content is pinned by the inputs, never by this path.
+    workdir: PathBuf,
     node: String,
     config: serde_json::Value,
     seed: u64,
@@ -98,8 +114,10 @@ pub struct StageContext<'a> {
 }
 
 impl<'a> StageContext<'a> {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         mode: Mode<'a>,
+        workdir: &Path,
         node: &str,
         config: serde_json::Value,
         seed: u64,
@@ -108,6 +126,7 @@ impl<'a> StageContext<'a> {
     ) -> StageContext<'a> {
         StageContext {
             mode,
+            workdir: workdir.to_path_buf(),
             node: node.to_string(),
             config,
             seed,
@@ -134,6 +153,10 @@ impl<'a> StageContext<'a> {
             Mode::Run(l) => l.store(),
             Mode::Replay { scratch, .. } => scratch,
         }
+    }
+
+    pub fn workdir(&self) -> &Path {
+        &self.workdir
     }
 
     pub fn node(&self) -> &str {

@@ -9,6 +9,7 @@ use ledger::store::BlobStore;
 use ledger::{Hash, Ledger};
 use serde::Serialize;
 use std::fmt;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -93,6 +94,7 @@ pub fn replay(ledger: &Ledger, registry: &Registry, target: &Hash) -> Result<Rep
         .tempdir_in(ledger.dir().join("tmp"))?;
     let scratch = BlobStore::new(scratch_dir.path());
     scratch.create_dirs()?;
+    let workdir = recorded_workdir(ledger, &run.run_id)?;
     let config: serde_json::Value = serde_json::from_str(&run.config)
         .with_context(|| format!("event #{seq} holds a config that is not JSON"))?;
     let mut ctx = StageContext::new(
@@ -100,6 +102,7 @@ pub fn replay(ledger: &Ledger, registry: &Registry, target: &Hash) -> Result<Rep
             ledger,
             scratch: &scratch,
         },
+        &workdir,
         &run.node,
         config,
         run.seed,
@@ -136,6 +139,23 @@ pub fn replay(ledger: &Ledger, registry: &Registry, target: &Hash) -> Result<Rep
         outputs,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The directory of the config the run was started from, as the run saw it (relative to the
+/// current directory), which is where external sources such as a git clone are found again.
+fn recorded_workdir(ledger: &Ledger, run_id: &Hash) -> Result<PathBuf> {
+    for seq in ledger.index().run_events(run_id)? {
+        if let EventKind::RunStarted(r) = ledger.event(seq)?.event.kind {
+            let dir = Path::new(&r.config_path)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if dir.is_dir() {
+                return Ok(dir.to_path_buf());
+            }
+        }
+    }
+    Ok(PathBuf::from("."))
 }
 
 fn verdict(identical: bool) -> Verdict {

@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context};
 use ledger::config::{parse_params, ParamError};
-use ledger::stage::{ExternalInput, InputSpec, Stage, StageContext};
+use ledger::stage::{ExternalInput, ExternalSource, InputSpec, Stage, StageContext};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -115,7 +115,7 @@ impl Stage for Ingest {
         Ok(files
             .into_iter()
             .map(|rel| ExternalInput {
-                path: base_dir.join(&rel),
+                source: ExternalSource::File(base_dir.join(&rel)),
                 name: format!("{PREFIX}{rel}"),
             })
             .collect())
