@@ -87,7 +87,11 @@ impl Stage for Ingest {
         let p: Params = serde_json::from_value(config.clone())?;
         let base_dir = &base_dir.join(&p.root);
         if !base_dir.is_dir() {
-            bail!("root `{}` is not a directory ({})", p.root, base_dir.display());
+            bail!(
+                "root `{}` is not a directory ({})",
+                p.root,
+                base_dir.display()
+            );
         }
         let excludes: Vec<glob::Pattern> = p
             .exclude
@@ -98,7 +102,10 @@ impl Stage for Ingest {
         for pattern in &p.paths {
             let matched = expand(base_dir, pattern)?;
             if matched.is_empty() {
-                bail!("`{pattern}` matches no file (relative to {})", base_dir.display());
+                bail!(
+                    "`{pattern}` matches no file (relative to {})",
+                    base_dir.display()
+                );
             }
             files.extend(matched);
         }

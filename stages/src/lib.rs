@@ -11,6 +11,7 @@ use ledger::stage::Registry;
 /// Every stage this build knows.
 pub fn registry() -> Registry {
     let mut r = Registry::new();
+    r.register(Box::new(collect::Collect));
     r.register(Box::new(ingest::Ingest));
     r.register(Box::new(pack::Pack));
     r

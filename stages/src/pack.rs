@@ -71,7 +71,8 @@ impl Stage for Pack {
             .context("input `files` is not an ingest manifest")?;
         ctx.progress().set_length(manifest.len() as u64);
         let mut out = ctx.output_writer()?;
-        let (mut records, mut bytes, mut lines, mut binary, mut large) = (0u64, 0u64, 0u64, 0u64, 0u64);
+        let (mut records, mut bytes, mut lines, mut binary, mut large) =
+            (0u64, 0u64, 0u64, 0u64, 0u64);
         for entry in &manifest {
             ctx.progress().inc(1);
             if entry.size > p.max_file_bytes {

@@ -22,7 +22,10 @@ pub struct ShardWriter {
 impl ShardWriter {
     pub fn new(ctx: &StageContext) -> Result<ShardWriter> {
         let encoder = zstd::Encoder::new(ctx.output_writer()?, LEVEL)?;
-        Ok(ShardWriter { encoder, records: 0 })
+        Ok(ShardWriter {
+            encoder,
+            records: 0,
+        })
     }
 
     pub fn push<T: Serialize>(&mut self, record: &T) -> Result<()> {
