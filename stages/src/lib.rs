@@ -1,10 +1,12 @@
 //! The pipeline's stages, one module each. `registry()` is the list the binary runs with.
 
 pub mod collect;
+pub mod filter;
 pub mod ingest;
 pub mod pack;
 pub mod record;
 pub mod shard;
+pub mod tokenize;
 
 use ledger::stage::Registry;
 
@@ -12,7 +14,9 @@ use ledger::stage::Registry;
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(Box::new(collect::Collect));
+    r.register(Box::new(filter::Filter));
     r.register(Box::new(ingest::Ingest));
     r.register(Box::new(pack::Pack));
+    r.register(Box::new(tokenize::Tokenize));
     r
 }
