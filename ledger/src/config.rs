@@ -123,9 +123,26 @@ pub struct Node {
     pub seed: u64,
     /// Canonical parameters, defaults filled in.
     pub config: serde_json::Value,
-    /// Input name → (producing node, output name).
-    pub inputs: BTreeMap<String, (String, String)>,
+    pub inputs: BTreeMap<String, InputRef>,
     pub line: usize,
+}
+
+/// Where a stage input comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputRef {
+    /// `"<node id>.<output name>"`: an output of another stage of this experiment.
+    Output { node: String, output: String },
+    /// `"@<hash prefix or tag>"`: an artifact already in the ledger.
+    Artifact(String),
+}
+
+impl InputRef {
+    fn node(&self) -> Option<&str> {
+        match self {
+            InputRef::Output { node, .. } => Some(node),
+            InputRef::Artifact(_) => None,
+        }
+    }
 }
 
 const RESERVED: [&str; 4] = ["id", "uses", "inputs", "seed"];
@@ -265,15 +282,24 @@ impl Experiment {
                             ),
                         ));
                     };
-                    let reference = reference.as_str().and_then(|r| r.split_once('.'));
-                    let Some((from, output)) = reference else {
+                    let reference = match reference.as_str() {
+                        Some(r) if r.len() > 1 && r.starts_with('@') => {
+                            Some(InputRef::Artifact(r[1..].to_string()))
+                        }
+                        Some(r) => r.split_once('.').map(|(node, output)| InputRef::Output {
+                            node: node.to_string(),
+                            output: output.to_string(),
+                        }),
+                        None => None,
+                    };
+                    let Some(reference) = reference else {
                         return Err(err(
                             line,
                             Some(&key),
-                            "expected \"<stage id>.<output name>\"".into(),
+                            "expected \"<stage id>.<output name>\" or \"@<artifact hash or tag>\"".into(),
                         ));
                     };
-                    inputs.insert(spec.name.to_string(), (from.to_string(), output.to_string()));
+                    inputs.insert(spec.name.to_string(), reference);
                 }
             }
             for spec in stage.inputs() {
@@ -314,7 +340,10 @@ impl Experiment {
 
         // Every reference must name an earlier-or-later node and one of its outputs.
         for node in &nodes {
-            for (input, (from, output)) in &node.inputs {
+            for (input, reference) in &node.inputs {
+                let InputRef::Output { node: from, output } = reference else {
+                    continue;
+                };
                 let key = format!("inputs.{input}");
                 let Some(producer) = nodes.iter().find(|n| &n.id == from) else {
                     return Err(err(
@@ -375,7 +404,8 @@ fn topological_order(nodes: Vec<Node>) -> Result<Vec<Node>, Vec<String>> {
         let ready = remaining.iter().position(|n| {
             n.inputs
                 .values()
-                .all(|(from, _)| done.iter().any(|d| &d.id == from))
+                .filter_map(InputRef::node)
+                .all(|from| done.iter().any(|d| d.id == from))
         });
         match ready {
             Some(i) => done.push(remaining.remove(i)),
@@ -388,9 +418,10 @@ fn topological_order(nodes: Vec<Node>) -> Result<Vec<Node>, Vec<String>> {
                         .and_then(|n| {
                             n.inputs
                                 .values()
-                                .find(|(from, _)| remaining.iter().any(|r| &r.id == from))
+                                .filter_map(InputRef::node)
+                                .find(|from| remaining.iter().any(|r| r.id == *from))
                         })
-                        .map(|(from, _)| from.clone())
+                        .map(str::to_string)
                         .expect("a node left unscheduled has an unscheduled dependency");
                     if let Some(start) = path.iter().position(|p| *p == next) {
                         let mut cycle = path[start..].to_vec();

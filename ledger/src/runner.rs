@@ -5,7 +5,7 @@
 //! its outputs are still stored, otherwise execute the stage and record the result.
 
 use crate::action::{action_key, canonical_json};
-use crate::config::Experiment;
+use crate::config::{Experiment, InputRef};
 use crate::error::{Error, Result};
 use crate::event::{
     now_ms, ArtifactAdded, Environment, EventKind, Origin, Output, RunStarted, RunStatus, StageRun,
@@ -102,13 +102,30 @@ pub fn run(
         let stage = registry
             .get(&node.stage)
             .ok_or_else(|| Error::Invalid(format!("unknown stage `{}`", node.stage)))?;
-        let mut inputs: Vec<(String, Hash)> = node
-            .inputs
-            .iter()
-            .map(|(name, (from, output))| {
-                (name.clone(), produced[&(from.clone(), output.clone())])
-            })
-            .collect();
+        let mut inputs = Vec::new();
+        for (name, reference) in &node.inputs {
+            let hash = match reference {
+                InputRef::Output { node, output } => produced[&(node.clone(), output.clone())],
+                InputRef::Artifact(what) => {
+                    let hash = ledger.resolve(what).map_err(|e| {
+                        Error::Invalid(format!(
+                            "{}: stage `{}` input `{name}`: {e}",
+                            experiment.path.display(),
+                            node.id
+                        ))
+                    })?;
+                    if !ledger.store().contains(&hash) {
+                        return Err(Error::NotFound(format!(
+                            "stage `{}` input `{name}`: artifact {} is not in the store",
+                            node.id,
+                            hash.short()
+                        )));
+                    }
+                    hash
+                }
+            };
+            inputs.push((name.clone(), hash));
+        }
         let external = stage
             .external_inputs(&node.config, experiment.base_dir())
             .map_err(|e| stage_error(node.id.as_str(), &node.stage, &e))?;
