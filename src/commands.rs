@@ -57,9 +57,14 @@ impl Context {
 
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
-    writeln!(out)?;
-    Ok(())
+    let written = serde_json::to_writer_pretty(&mut out, value)
+        .map_err(std::io::Error::from)
+        .and_then(|()| writeln!(out));
+    match written {
+        // `ledger log --json | head` is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 pub fn init(ctx: &Context) -> Result<ExitCode> {
@@ -322,10 +327,15 @@ pub fn run(ctx: &Context, config: &Path, progress: bool, json: bool) -> Result<E
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn replay(ctx: &Context, what: &str, json: bool) -> Result<ExitCode> {
+pub fn replay(
+    ctx: &Context,
+    what: &str,
+    options: &replay::ReplayOptions,
+    json: bool,
+) -> Result<ExitCode> {
     let ledger = ctx.reader()?;
     let hash = ledger.resolve(what)?;
-    let report = replay::replay(&ledger, &stages::registry(), &hash)?;
+    let report = replay::replay(&ledger, &stages::registry(), &hash, options)?;
     if json {
         print_json(&report)?;
     } else {

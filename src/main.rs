@@ -66,10 +66,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Re-execute the step that produced an artifact and check its bytes
+    /// Rebuild an artifact from its lineage and check it bit for bit
     /// (exit 0 bit-identical, 3 not reproducible, 1 error).
     Replay {
         hash: String,
+        /// Re-execute every step of the lineage, even where outputs are present.
+        #[arg(long)]
+        check: bool,
+        /// Re-execute N times (all must agree).
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
+        /// Re-execute from this node id or stage name downstream.
+        #[arg(long)]
+        from: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -133,7 +142,20 @@ fn main() -> ExitCode {
             no_progress,
             json,
         } => commands::run(&ctx, &config, !no_progress, json),
-        Command::Replay { hash, json } => commands::replay(&ctx, &hash, json),
+        Command::Replay {
+            hash,
+            check,
+            repeat,
+            from,
+            json,
+        } => {
+            let options = replay::ReplayOptions {
+                check,
+                repeat,
+                from,
+            };
+            commands::replay(&ctx, &hash, &options, json)
+        }
         Command::Diff { a, b, json } => commands::diff(&ctx, &a, &b, json),
         Command::Verify { json } => commands::verify(&ctx, json),
         Command::Gc { dry_run, json } => commands::gc(&ctx, dry_run, json),

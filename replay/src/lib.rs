@@ -4,4 +4,4 @@ pub mod diff;
 pub mod replay;
 
 pub use diff::{diff, DiffReport};
-pub use replay::{replay, ReplayReport, Verdict};
+pub use replay::{replay, ReplayOptions, ReplayReport, Verdict};

@@ -1,21 +1,42 @@
-//! `ledger replay HASH`: re-execute the step that produced an artifact from its recorded
-//! inputs, config, seed and observations, offline, and compare every output bit for bit.
+//! `ledger replay HASH`: rebuild an artifact by re-executing its lineage from recorded inputs,
+//! configs, seeds and observations — offline — and compare every rebuilt output with its
+//! recorded hash.
+//!
+//! Which steps run (in log order, which is topological):
+//! - the step that produced the target, always;
+//! - every ancestor step whose outputs are no longer stored (after `gc`, or on another
+//!   machine), so a missing artifact is restored — verified bytes are put back in the store;
+//! - with `check`, every step of the lineage (Nix's `--check`);
+//! - with `from`, the steps of that node or stage and everything downstream of them.
+//! Intact ancestors are reused. `repeat` re-executes the chosen steps N times.
 
 use anyhow::{anyhow, bail, Context, Result};
-use ledger::event::EventKind;
-use ledger::lineage::{describe, Provenance, StepNode};
+use ledger::event::{EventKind, StageRun};
+use ledger::lineage::{describe, lineage, Provenance, StepNode};
 use ledger::stage::{Mode, Registry, StageContext};
 use ledger::store::BlobStore;
 use ledger::{Hash, Ledger};
 use serde::Serialize;
+use std::collections::BTreeSet;
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, PartialEq, Eq, Clone, Copy)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     BitIdentical,
     NotReproducible,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    /// Re-execute every step of the lineage, not only the target's.
+    pub check: bool,
+    /// Re-execute this many times (at least 1).
+    pub repeat: u32,
+    /// Re-execute the steps of this node id or stage name and everything downstream.
+    pub from: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -29,42 +50,156 @@ pub struct OutputCheck {
 }
 
 #[derive(Debug, Serialize)]
-pub struct ReplayReport {
-    pub target: String,
-    pub verdict: Verdict,
-    /// The step re-executed; `None` for a source artifact, which is checked by rehashing.
-    pub step: Option<StepNode>,
+pub struct StepReplay {
+    pub step: StepNode,
+    /// 1-based repetition.
+    pub round: u32,
     pub outputs: Vec<OutputCheck>,
+    pub identical: bool,
     pub seconds: f64,
 }
 
-pub fn replay(ledger: &Ledger, registry: &Registry, target: &Hash) -> Result<ReplayReport> {
+#[derive(Debug, Serialize)]
+pub struct ReplayReport {
+    pub target: String,
+    pub verdict: Verdict,
+    /// Re-executed steps, in order; empty for a source artifact (checked by rehashing).
+    pub steps: Vec<StepReplay>,
+    /// Artifacts that were missing and are stored again, verified.
+    pub restored: Vec<String>,
+    /// The first step whose outputs differ, if any.
+    pub first_divergence: Option<u64>,
+    pub seconds: f64,
+}
+
+pub fn replay(
+    ledger: &Ledger,
+    registry: &Registry,
+    target: &Hash,
+    options: &ReplayOptions,
+) -> Result<ReplayReport> {
     let started = std::time::Instant::now();
     let info = describe(ledger, target)?;
-    let Provenance::Output { seq, .. } = info.provenance else {
+    if !matches!(info.provenance, Provenance::Output { .. }) {
         // A source artifact has nothing to re-execute: its bytes are its definition.
-        let (actual, _) = ledger
-            .store()
-            .rehash(target)
-            .with_context(|| format!("source artifact {} cannot be rebuilt", target.short()))?;
+        let (actual, _) = ledger.store().rehash(target).with_context(|| {
+            format!(
+                "source artifact {} cannot be rebuilt: only its original bytes define it",
+                target.short()
+            )
+        })?;
         let identical = actual == *target;
         return Ok(ReplayReport {
             target: target.to_hex(),
             verdict: verdict(identical),
-            step: None,
-            outputs: vec![OutputCheck {
-                name: "source".into(),
-                recorded: target.to_hex(),
-                rebuilt: Some(actual.to_hex()),
-                identical,
-                first_difference: None,
-            }],
+            steps: Vec::new(),
+            restored: Vec::new(),
+            first_divergence: None,
             seconds: started.elapsed().as_secs_f64(),
         });
+    }
+
+    let graph = lineage(ledger, target)?;
+    let producer = |hash: &str| match &graph.artifacts[hash].provenance {
+        Provenance::Output { seq, .. } => Some(*seq),
+        _ => None,
     };
-    let EventKind::StageRun(run) = ledger.event(seq)?.event.kind else {
-        bail!("event #{seq} is not a stage run");
-    };
+    let target_step = producer(&target.to_hex()).expect("target is an output");
+    let mut chosen: BTreeSet<u64> = BTreeSet::from([target_step]);
+    if options.check {
+        chosen.extend(graph.steps.keys().copied());
+    }
+    if let Some(from) = &options.from {
+        let seeds: Vec<u64> = graph
+            .steps
+            .iter()
+            .filter(|(_, s)| &s.node == from || &s.stage == from)
+            .map(|(seq, _)| *seq)
+            .collect();
+        if seeds.is_empty() {
+            bail!("no step of this lineage has node id or stage `{from}`");
+        }
+        // Downstream closure within the lineage (log order is topological).
+        let mut tainted: BTreeSet<String> = BTreeSet::new();
+        for (seq, step) in &graph.steps {
+            let hit = seeds.contains(seq) || step.inputs.iter().any(|(_, h)| tainted.contains(h));
+            if hit {
+                chosen.insert(*seq);
+                tainted.extend(step.outputs.iter().map(|(_, h)| h.clone()));
+            }
+        }
+    }
+    // Ancestors whose bytes are gone must run again for their dependants to run.
+    for (hash, artifact) in graph.artifacts.iter().rev() {
+        if !artifact.stored {
+            match producer(hash) {
+                Some(seq) => {
+                    chosen.insert(seq);
+                }
+                None => bail!(
+                    "source artifact {} is not stored and cannot be rebuilt; `ledger add` it again",
+                    &hash[..12]
+                ),
+            }
+        }
+    }
+
+    let scratch_dir = tempfile::Builder::new()
+        .prefix("replay-")
+        .tempdir_in(ledger.dir().join("tmp"))?;
+    let mut steps = Vec::new();
+    let mut restored = Vec::new();
+    let mut first_divergence = None;
+    'rounds: for round in 1..=options.repeat.max(1) {
+        for seq in &chosen {
+            let scratch = BlobStore::new(&scratch_dir.path().join(format!("{round}-{seq}")));
+            scratch.create_dirs()?;
+            let run = stage_run(ledger, *seq)?;
+            let mut result = reexecute(ledger, registry, *seq, &run, &scratch)?;
+            result.round = round;
+            for check in result.outputs.iter().filter(|o| o.identical) {
+                let hash = Hash::from_hex(&check.recorded).expect("hex");
+                if !ledger.store().contains(&hash) {
+                    let mut bytes = Vec::new();
+                    scratch.open(&hash)?.read_to_end(&mut bytes)?;
+                    ledger.store().put_bytes(&bytes)?;
+                    restored.push(check.recorded.clone());
+                }
+            }
+            let identical = result.identical;
+            steps.push(result);
+            if !identical {
+                first_divergence = Some(*seq);
+                break 'rounds;
+            }
+        }
+    }
+    Ok(ReplayReport {
+        target: target.to_hex(),
+        verdict: verdict(first_divergence.is_none()),
+        steps,
+        restored,
+        first_divergence,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn stage_run(ledger: &Ledger, seq: u64) -> Result<StageRun> {
+    match ledger.event(seq)?.event.kind {
+        EventKind::StageRun(run) => Ok(run),
+        other => bail!("event #{seq} is a {} event, not a stage run", other.name()),
+    }
+}
+
+/// Re-executes one recorded step into `scratch` and compares its outputs.
+fn reexecute(
+    ledger: &Ledger,
+    registry: &Registry,
+    seq: u64,
+    run: &StageRun,
+    scratch: &BlobStore,
+) -> Result<StepReplay> {
+    let started = std::time::Instant::now();
     let stage = registry.get(&run.stage).ok_or_else(|| {
         anyhow!(
             "stage `{}` is not in this build (known: {})",
@@ -74,8 +209,7 @@ pub fn replay(ledger: &Ledger, registry: &Registry, target: &Hash) -> Result<Rep
     })?;
     if stage.version() != run.version {
         bail!(
-            "{} was made by {} v{}, but this build has v{}: it cannot re-execute that version",
-            target.short(),
+            "step #{seq} was made by {} v{}, but this build has v{}: it cannot re-execute that version",
             run.stage,
             run.version,
             stage.version()
@@ -84,24 +218,16 @@ pub fn replay(ledger: &Ledger, registry: &Registry, target: &Hash) -> Result<Rep
     for (name, input) in &run.inputs {
         if !ledger.store().contains(input) {
             bail!(
-                "input `{name}` ({}) of step #{seq} is not in the store; replay it first",
+                "input `{name}` ({}) of step #{seq} is not in the store",
                 input.short()
             );
         }
     }
-    let scratch_dir = tempfile::Builder::new()
-        .prefix("replay-")
-        .tempdir_in(ledger.dir().join("tmp"))?;
-    let scratch = BlobStore::new(scratch_dir.path());
-    scratch.create_dirs()?;
     let workdir = recorded_workdir(ledger, &run.run_id)?;
     let config: serde_json::Value = serde_json::from_str(&run.config)
         .with_context(|| format!("event #{seq} holds a config that is not JSON"))?;
     let mut ctx = StageContext::new(
-        Mode::Replay {
-            ledger,
-            scratch: &scratch,
-        },
+        Mode::Replay { ledger, scratch },
         &workdir,
         &run.node,
         config,
@@ -121,7 +247,7 @@ pub fn replay(ledger: &Ledger, registry: &Registry, target: &Hash) -> Result<Rep
         let first_difference = match again {
             None => Some("the re-execution did not produce this output".into()),
             Some(_) if identical => None,
-            Some(o) => first_difference(ledger.store(), &recorded.hash, &scratch, &o.hash),
+            Some(o) => Some(first_difference(ledger.store(), &recorded.hash, scratch, &o.hash)),
         };
         outputs.push(OutputCheck {
             name: recorded.name.clone(),
@@ -131,11 +257,10 @@ pub fn replay(ledger: &Ledger, registry: &Registry, target: &Hash) -> Result<Rep
             first_difference,
         });
     }
-    let all = outputs.iter().all(|o| o.identical);
-    Ok(ReplayReport {
-        target: target.to_hex(),
-        verdict: verdict(all),
-        step: Some(StepNode::from_run(seq, &run)),
+    Ok(StepReplay {
+        step: StepNode::from_run(seq, run),
+        round: 0,
+        identical: outputs.iter().all(|o| o.identical),
         outputs,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -166,14 +291,28 @@ fn verdict(identical: bool) -> Verdict {
     }
 }
 
-/// The first differing line (for text) or byte offset.
-fn first_difference(a_store: &BlobStore, a: &Hash, b_store: &BlobStore, b: &Hash) -> Option<String> {
-    let (Ok(x), Ok(y)) = (a_store.read(a), b_store.read(b)) else {
-        return Some("the recorded bytes are not in the store to compare".into());
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Explains how two versions of an output differ: for line-oriented data (JSONL, also inside
+/// zstd shards) the first differing record; otherwise the first differing byte.
+pub fn first_difference(a_store: &BlobStore, a: &Hash, b_store: &BlobStore, b: &Hash) -> String {
+    let (Ok(mut x), Ok(mut y)) = (a_store.read(a), b_store.read(b)) else {
+        return "the recorded bytes are not in the store to compare".into();
     };
-    let at = x.iter().zip(&y).position(|(p, q)| p != q).unwrap_or(x.len().min(y.len()));
-    let line = x[..at].iter().filter(|&&c| c == b'\n').count() + 1;
-    let show = |v: &[u8]| {
+    let mut what = "bytes";
+    if x.starts_with(&ZSTD_MAGIC) && y.starts_with(&ZSTD_MAGIC) {
+        if let (Ok(dx), Ok(dy)) = (zstd::decode_all(&x[..]), zstd::decode_all(&y[..])) {
+            (x, y) = (dx, dy);
+            what = "decompressed records";
+        }
+    }
+    let at = x
+        .iter()
+        .zip(&y)
+        .position(|(p, q)| p != q)
+        .unwrap_or(x.len().min(y.len()));
+    let record = x[..at].iter().filter(|&&c| c == b'\n').count() + 1;
+    let line_of = |v: &[u8]| {
         let start = v[..at.min(v.len())]
             .iter()
             .rposition(|&c| c == b'\n')
@@ -182,48 +321,54 @@ fn first_difference(a_store: &BlobStore, a: &Hash, b_store: &BlobStore, b: &Hash
             .iter()
             .position(|&c| c == b'\n')
             .map_or(v.len(), |p| start + p);
-        let text = String::from_utf8_lossy(&v[start..end.min(start + 160)]).into_owned();
-        text
+        let column = at - start;
+        let from = column.saturating_sub(60) + start;
+        let text = String::from_utf8_lossy(&v[from..end.min(from + 160)]).into_owned();
+        format!("…{text}")
     };
-    Some(format!(
-        "byte {at} (line {line}), recorded {} bytes vs rebuilt {} bytes\n  recorded: {}\n  rebuilt:  {}",
+    format!(
+        "{what}: first difference at byte {at}, line/record {record} (recorded {} bytes, rebuilt {} bytes)\n  recorded: {}\n  rebuilt:  {}",
         x.len(),
         y.len(),
-        show(&x),
-        show(&y)
-    ))
+        line_of(&x),
+        line_of(&y)
+    )
 }
 
 impl fmt::Display for ReplayReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.step {
-            Some(s) => writeln!(
-                f,
-                "replayed step #{} {} ({} v{}) for {}",
-                s.seq,
-                s.node,
-                s.stage,
-                s.version,
-                &self.target[..12]
-            )?,
-            None => writeln!(f, "{} is a source artifact; rehashed its bytes", &self.target[..12])?,
+        if self.steps.is_empty() {
+            writeln!(f, "{} is a source artifact; rehashed its bytes", &self.target[..12])?;
         }
-        for o in &self.outputs {
-            let mark = if o.identical { "ok  " } else { "DIFF" };
+        for s in &self.steps {
             writeln!(
                 f,
-                "  {mark} {:<16} recorded {}  rebuilt {}",
-                o.name,
-                &o.recorded[..12],
-                o.rebuilt.as_deref().map_or("-", |r| &r[..12])
+                "replayed step #{} {} ({} v{}) in {:.2}s",
+                s.step.seq, s.step.node, s.step.stage, s.step.version, s.seconds
             )?;
-            if let Some(d) = &o.first_difference {
-                writeln!(f, "       first difference at {d}")?;
+            for o in &s.outputs {
+                let mark = if o.identical { "ok  " } else { "DIFF" };
+                writeln!(
+                    f,
+                    "  {mark} {:<16} recorded {}  rebuilt {}",
+                    o.name,
+                    &o.recorded[..12],
+                    o.rebuilt.as_deref().map_or("-", |r| &r[..12])
+                )?;
+                if let Some(d) = &o.first_difference {
+                    writeln!(f, "       {d}")?;
+                }
             }
         }
-        match self.verdict {
-            Verdict::BitIdentical => write!(f, "bit-identical"),
-            Verdict::NotReproducible => write!(f, "NOT reproducible"),
+        for r in &self.restored {
+            writeln!(f, "restored {r}")?;
+        }
+        match (self.verdict, self.first_divergence) {
+            (Verdict::BitIdentical, _) => write!(f, "bit-identical"),
+            (Verdict::NotReproducible, Some(seq)) => {
+                write!(f, "NOT reproducible: first divergence at step #{seq}")
+            }
+            (Verdict::NotReproducible, None) => write!(f, "NOT reproducible"),
         }
     }
 }
