@@ -399,6 +399,39 @@ pub fn verify(ctx: &Context, json: bool) -> Result<ExitCode> {
     })
 }
 
+pub fn export(ctx: &Context, what: &str, output: &Path, json: bool) -> Result<ExitCode> {
+    let ledger = ctx.reader()?;
+    let hash = ledger.resolve(what)?;
+    let report = ledger::bundle::export(&ledger, &hash, output)?;
+    if json {
+        print_json(&report)?;
+    } else {
+        println!(
+            "exported {} with {} events and {} blobs ({}) to {}",
+            &report.root[..12],
+            report.events,
+            report.blobs,
+            human_size(report.bytes),
+            output.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn import(ctx: &Context, bundle: &Path, json: bool) -> Result<ExitCode> {
+    let mut ledger = ctx.writer_or_init()?;
+    let report = ledger::bundle::import(&mut ledger, bundle)?;
+    if json {
+        print_json(&report)?;
+    } else {
+        println!(
+            "imported {}: {} events appended ({} already known), {} blobs added",
+            report.root, report.events_appended, report.events_known, report.blobs_added
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn gc(ctx: &Context, dry_run: bool, json: bool) -> Result<ExitCode> {
     let mut ledger = ctx.writer()?;
     let report = ledger::gc::gc(&mut ledger, dry_run)?;

@@ -94,6 +94,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write an artifact with its whole lineage (events and blobs) to a bundle file.
+    Export {
+        hash: String,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a bundle and add what this ledger lacks (all or nothing).
+    Import {
+        bundle: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove blobs that no tag or run reaches.
     Gc {
         #[arg(long)]
@@ -157,6 +171,8 @@ fn main() -> ExitCode {
             commands::replay(&ctx, &hash, &options, json)
         }
         Command::Diff { a, b, json } => commands::diff(&ctx, &a, &b, json),
+        Command::Export { hash, output, json } => commands::export(&ctx, &hash, &output, json),
+        Command::Import { bundle, json } => commands::import(&ctx, &bundle, json),
         Command::Verify { json } => commands::verify(&ctx, json),
         Command::Gc { dry_run, json } => commands::gc(&ctx, dry_run, json),
         Command::Tag { name, hash } => commands::tag(&ctx, &name, &hash),

@@ -3,6 +3,7 @@
 //! stage runner with its action cache.
 
 pub mod action;
+pub mod bundle;
 pub mod config;
 pub mod error;
 pub mod event;

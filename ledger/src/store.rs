@@ -115,6 +115,22 @@ impl BlobStore {
         Ok(())
     }
 
+    /// Moves a blob from another store on the same filesystem (a verified staging or scratch
+    /// store) into this one, without copying its bytes.
+    pub fn adopt(&self, from: &BlobStore, hash: &Hash) -> Result<()> {
+        if self.contains(hash) {
+            return Ok(());
+        }
+        let src = from.path(hash);
+        let dest = self.path(hash);
+        let dir = dest.parent().expect("object paths have a parent");
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        fs::rename(&src, &dest).map_err(|e| Error::io(&src, e))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(dir, e))
+    }
+
     pub fn remove(&self, hash: &Hash) -> Result<()> {
         let path = self.path(hash);
         match fs::remove_file(&path) {

@@ -19,7 +19,6 @@ use ledger::{Hash, Ledger};
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Serialize, PartialEq, Eq, Clone, Copy)]
@@ -160,9 +159,7 @@ pub fn replay(
             for check in result.outputs.iter().filter(|o| o.identical) {
                 let hash = Hash::from_hex(&check.recorded).expect("hex");
                 if !ledger.store().contains(&hash) {
-                    let mut bytes = Vec::new();
-                    scratch.open(&hash)?.read_to_end(&mut bytes)?;
-                    ledger.store().put_bytes(&bytes)?;
+                    ledger.store().adopt(&scratch, &hash)?;
                     restored.push(check.recorded.clone());
                 }
             }
