@@ -16,7 +16,10 @@ use std::time::Instant;
 
 fn stdlib_modules() -> Vec<(String, String)> {
     let out = Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"])
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['stdlib'])",
+        ])
         .output()
         .expect("python3 is needed to locate real Python sources");
     let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
@@ -30,9 +33,8 @@ fn stdlib_modules() -> Vec<(String, String)> {
         .into_iter()
         .filter_map(|p| {
             let text = std::fs::read_to_string(&p).ok()?;
-            (text.len() < 64 * 1024 && text.lines().count() > 20).then(|| {
-                (p.file_name().unwrap().to_string_lossy().into_owned(), text)
-            })
+            (text.len() < 64 * 1024 && text.lines().count() > 20)
+                .then(|| (p.file_name().unwrap().to_string_lossy().into_owned(), text))
         })
         .collect()
 }
@@ -67,7 +69,9 @@ fn records(n: usize) -> Vec<PrRecord> {
     while out.len() < n {
         seed += 1;
         let (name, text) = &modules[seed % modules.len()];
-        let Some(new_text) = edit(text, seed) else { continue };
+        let Some(new_text) = edit(text, seed) else {
+            continue;
+        };
         let path = format!("lib/{name}");
         let patch = stages::collect::git::unified_hunks(text, &new_text);
         let change = FileChange {
@@ -84,7 +88,9 @@ fn records(n: usize) -> Vec<PrRecord> {
             repo_description: "Benchmark corpus built from the Python standard library".into(),
             number,
             title: format!("Fix boundary condition in {name}"),
-            body: format!("The check in `{name}` was off by one. This adjusts it.\n\nFixes #{number}"),
+            body: format!(
+                "The check in `{name}` was off by one. This adjusts it.\n\nFixes #{number}"
+            ),
             author: "alice".into(),
             author_type: "User".into(),
             merged: true,
@@ -99,7 +105,10 @@ fn records(n: usize) -> Vec<PrRecord> {
                 diffs: vec![change.clone()],
             }],
             files: vec![change],
-            relevant_files: vec![RelevantFile { path, content: text.clone() }],
+            relevant_files: vec![RelevantFile {
+                path,
+                content: text.clone(),
+            }],
             source: "git".into(),
             ..Default::default()
         });
@@ -115,7 +124,12 @@ struct Measured {
 
 fn run_child(cmd: &mut Command) -> Measured {
     let started = Instant::now();
-    let child = cmd.stdout(std::process::Stdio::piped()).spawn().expect("spawn");
+    // Reaped by `wait4` below, which also yields the child's peak RSS.
+    #[allow(clippy::zombie_processes)]
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
     let pid = child.id() as libc::pid_t;
     let mut stdout = String::new();
     std::io::Read::read_to_string(&mut child.stdout.unwrap(), &mut stdout).unwrap();
@@ -124,13 +138,23 @@ fn run_child(cmd: &mut Command) -> Measured {
     // SAFETY: waiting on our own child with valid out-pointers.
     let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(waited, pid, "wait4");
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child failed: {cmd:?}\n{stdout}");
-    Measured { seconds: started.elapsed().as_secs_f64(), peak_rss_kib: usage.ru_maxrss, stdout }
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child failed: {cmd:?}\n{stdout}"
+    );
+    Measured {
+        seconds: started.elapsed().as_secs_f64(),
+        peak_rss_kib: usage.ru_maxrss,
+        stdout,
+    }
 }
 
 fn ledger_cmd(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ledger"));
-    c.arg("--ledger").arg(dir).env("RAYON_NUM_THREADS", "1").env("TOKENIZERS_PARALLELISM", "false");
+    c.arg("--ledger")
+        .arg(dir)
+        .env("RAYON_NUM_THREADS", "1")
+        .env("TOKENIZERS_PARALLELISM", "false");
     c
 }
 
@@ -138,7 +162,11 @@ fn ledger_cmd(dir: &Path) -> Command {
 fn stage(dir: &Path, work: &Path, name: &str, body: &str, output: &str) -> (Measured, String) {
     let config = work.join(format!("{name}.toml"));
     std::fs::write(&config, body).unwrap();
-    let m = run_child(ledger_cmd(dir).args(["run", "--no-progress", "--json"]).arg(&config));
+    let m = run_child(
+        ledger_cmd(dir)
+            .args(["run", "--no-progress", "--json"])
+            .arg(&config),
+    );
     let report: serde_json::Value = serde_json::from_str(&m.stdout).unwrap();
     let outputs = report["steps"][0]["outputs"].as_array().unwrap();
     let hash = outputs
@@ -173,7 +201,9 @@ fn bench(n: usize) -> Vec<(String, f64, f64, i64)> {
         &dir,
         work.path(),
         "filter",
-        &format!("[[stage]]\nid = \"filter\"\nuses = \"filter\"\ninputs = {{ prs = \"@{prs_hash}\" }}\n"),
+        &format!(
+            "[[stage]]\nid = \"filter\"\nuses = \"filter\"\ninputs = {{ prs = \"@{prs_hash}\" }}\n"
+        ),
         "prs",
     );
     rows.push(("filter".to_string(), m.seconds, mb, m.peak_rss_kib));
@@ -192,7 +222,12 @@ fn bench(n: usize) -> Vec<(String, f64, f64, i64)> {
         &format!("[[stage]]\nid = \"tok\"\nuses = \"tokenize\"\nvocab_size = 8192\ninputs = {{ samples = \"@{samples}\" }}\n"),
         "tokens",
     );
-    rows.push(("tokenize (train BPE + pack)".to_string(), m.seconds, mb, m.peak_rss_kib));
+    rows.push((
+        "tokenize (train BPE + pack)".to_string(),
+        m.seconds,
+        mb,
+        m.peak_rss_kib,
+    ));
     rows
 }
 
@@ -201,11 +236,17 @@ fn main() {
         println!("pipeline: benchmark");
         return;
     }
-    let n: usize = std::env::var("BENCH_PRS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let n: usize = std::env::var("BENCH_PRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     println!("filter → reconstruct → tokenize, one core per stage, PR records built from real stdlib code");
     for size in [n / 4, n] {
         println!("\n{size} PR records");
-        println!("{:<30} {:>9} {:>10} {:>10} {:>14}", "stage", "seconds", "PRs/s", "MB/s", "peak RSS MiB");
+        println!(
+            "{:<30} {:>9} {:>10} {:>10} {:>14}",
+            "stage", "seconds", "PRs/s", "MB/s", "peak RSS MiB"
+        );
         for (name, secs, mb, rss) in bench(size) {
             println!(
                 "{name:<30} {secs:>9.2} {:>10.0} {:>10.1} {:>14.1}",

@@ -164,7 +164,9 @@ fn show_run(ledger: &Ledger, run: &Hash, json: bool) -> Result<ExitCode> {
         .map(|seq| Ok(ledger.event(seq)?.event))
         .collect::<Result<_>>()?;
     if json {
-        print_json(&json!({ "run": run.to_hex(), "events": events.iter().map(event_json).collect::<Vec<_>>() }))?;
+        print_json(
+            &json!({ "run": run.to_hex(), "events": events.iter().map(event_json).collect::<Vec<_>>() }),
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     println!("run {run}");
@@ -223,7 +225,9 @@ fn event_json(e: &Event) -> serde_json::Value {
             "source": o.source, "request": o.request.to_hex(), "response": o.response.to_hex(), "response_size": o.response_size,
         }),
         EventKind::Tag(t) => json!({"name": t.name, "target": t.target.to_hex()}),
-        EventKind::Collected(c) => json!({"hashes": c.hashes.iter().map(|h| h.to_hex()).collect::<Vec<_>>()}),
+        EventKind::Collected(c) => {
+            json!({"hashes": c.hashes.iter().map(|h| h.to_hex()).collect::<Vec<_>>()})
+        }
     };
     json!({ "seq": e.seq, "prev": e.prev.to_hex(), "time_ms": e.time_ms, "kind": e.kind.name(), "detail": detail })
 }
@@ -235,7 +239,11 @@ fn summarize(e: &Event) -> String {
                 Origin::File { path } => format!("file {path}"),
                 Origin::Config { path } => format!("config {path}"),
             };
-            format!("add    {}  {origin} ({})", a.hash.short(), human_size(a.size))
+            format!(
+                "add    {}  {origin} ({})",
+                a.hash.short(),
+                human_size(a.size)
+            )
         }
         EventKind::RunStarted(r) => format!(
             "run    {}  experiment `{}` from {}",
@@ -301,7 +309,12 @@ pub fn run(ctx: &Context, config: &Path, progress: bool, json: bool) -> Result<E
     // Parse and plan before taking the lock: a bad config never touches the ledger.
     let experiment = Experiment::load(config, &registry)?;
     let mut ledger = ctx.writer_or_init()?;
-    let report = runner::run(&mut ledger, &registry, &experiment, &RunOptions { progress })?;
+    let report = runner::run(
+        &mut ledger,
+        &registry,
+        &experiment,
+        &RunOptions { progress },
+    )?;
     if json {
         print_json(&report)?;
         return Ok(ExitCode::SUCCESS);
@@ -320,7 +333,11 @@ pub fn run(ctx: &Context, config: &Path, progress: bool, json: bool) -> Result<E
             println!("      {name} = {hash}");
         }
         if !step.metrics.is_empty() {
-            let m: Vec<String> = step.metrics.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let m: Vec<String> = step
+                .metrics
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             println!("      {}", m.join("  "));
         }
     }
@@ -502,7 +519,11 @@ pub fn stages(json: bool) -> Result<ExitCode> {
             s.name(),
             s.version(),
             s.description(),
-            if inputs.is_empty() { "-".to_string() } else { inputs.join(", ") },
+            if inputs.is_empty() {
+                "-".to_string()
+            } else {
+                inputs.join(", ")
+            },
             s.outputs().join(", ")
         );
     }

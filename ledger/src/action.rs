@@ -97,7 +97,13 @@ mod tests {
         let k3 = action_key("s", 1, "{}", &[("x".into(), b), ("y".into(), a)], 0);
         assert_eq!(k1, k2);
         assert_ne!(k1, k3);
-        assert_ne!(k1, action_key("s", 1, "{}", &[("x".into(), a), ("y".into(), b)], 1));
-        assert_ne!(k1, action_key("s", 2, "{}", &[("x".into(), a), ("y".into(), b)], 0));
+        assert_ne!(
+            k1,
+            action_key("s", 1, "{}", &[("x".into(), a), ("y".into(), b)], 1)
+        );
+        assert_ne!(
+            k1,
+            action_key("s", 2, "{}", &[("x".into(), a), ("y".into(), b)], 0)
+        );
     }
 }

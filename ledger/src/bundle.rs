@@ -22,6 +22,8 @@ use std::path::Path;
 const MAGIC: &[u8; 8] = b"DVBUNDL1";
 const MAX_FRAME: u32 = 64 << 20;
 
+// Entries are handled one at a time; boxing the event would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Serialize, Deserialize)]
 enum Entry {
     Header { root: Hash, events: u32, blobs: u32 },
@@ -82,14 +84,28 @@ pub fn export(ledger: &Ledger, root: &Hash, out: &Path) -> Result<ExportReport> 
         }
         events.push(kind);
     }
-    let blobs: Vec<Hash> = blobs.into_iter().filter(|h| ledger.store().contains(h)).collect();
+    let blobs: Vec<Hash> = blobs
+        .into_iter()
+        .filter(|h| ledger.store().contains(h))
+        .collect();
 
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
     let mut w = HashingWriter::new(BufWriter::new(tmp.as_file()));
     let io = |e| Error::io(out, e);
     w.write_all(MAGIC).map_err(io)?;
-    write_frame(&mut w, &Entry::Header { root: *root, events: events.len() as u32, blobs: blobs.len() as u32 }).map_err(io)?;
+    write_frame(
+        &mut w,
+        &Entry::Header {
+            root: *root,
+            events: events.len() as u32,
+            blobs: blobs.len() as u32,
+        },
+    )
+    .map_err(io)?;
     for kind in events.iter().cloned() {
         write_frame(&mut w, &Entry::Event(kind)).map_err(io)?;
     }
@@ -100,7 +116,9 @@ pub fn export(ledger: &Ledger, root: &Hash, out: &Path) -> Result<ExportReport> 
         write_frame(&mut w, &Entry::Blob { hash: *hash, size }).map_err(io)?;
         let copied = std::io::copy(&mut (&mut f).take(size), &mut w).map_err(io)?;
         if copied != size {
-            return Err(Error::Corrupt(format!("blob {hash} changed size while exporting")));
+            return Err(Error::Corrupt(format!(
+                "blob {hash} changed size while exporting"
+            )));
         }
         bytes += size;
     }
@@ -120,11 +138,13 @@ pub fn export(ledger: &Ledger, root: &Hash, out: &Path) -> Result<ExportReport> 
 
 /// Verifies a bundle completely, then adds what the ledger lacks.
 pub fn import(ledger: &mut Ledger, path: &Path) -> Result<ImportReport> {
-    let bad = |msg: String| Error::Corrupt(format!("{}: {msg}; nothing was imported", path.display()));
+    let bad =
+        |msg: String| Error::Corrupt(format!("{}: {msg}; nothing was imported", path.display()));
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut r = HashingReader::new(BufReader::with_capacity(1 << 20, file));
     let mut magic = [0u8; 8];
-    r.read_exact(&mut magic).map_err(|_| bad("not a ledger bundle (too short)".into()))?;
+    r.read_exact(&mut magic)
+        .map_err(|_| bad("not a ledger bundle (too short)".into()))?;
     if &magic != MAGIC {
         return Err(bad("not a ledger bundle (bad magic)".into()));
     }
@@ -135,37 +155,55 @@ pub fn import(ledger: &mut Ledger, path: &Path) -> Result<ImportReport> {
     let staging = BlobStore::new(staging_dir.path());
     staging.create_dirs()?;
 
-    let Entry::Header { root, events: n_events, blobs: n_blobs } = read_frame(&mut r).map_err(|e| bad(e))? else {
+    let Entry::Header {
+        root,
+        events: n_events,
+        blobs: n_blobs,
+    } = read_frame(&mut r).map_err(&bad)?
+    else {
         return Err(bad("the first entry is not a header".into()));
     };
     let mut events = Vec::new();
     let mut staged = Vec::new();
     loop {
         let before = r.digest();
-        match read_frame(&mut r).map_err(|e| bad(e))? {
+        match read_frame(&mut r).map_err(&bad)? {
             Entry::Header { .. } => return Err(bad("a second header".into())),
             Entry::Event(kind) => events.push(kind),
             Entry::Blob { hash, size } => {
                 let mut limited = (&mut r).take(size);
                 let (actual, got) = staging.ingest(&mut limited, &path.display().to_string())?;
                 if got != size {
-                    return Err(bad(format!("blob {} is truncated ({got} of {size} bytes)", hash.short())));
+                    return Err(bad(format!(
+                        "blob {} is truncated ({got} of {size} bytes)",
+                        hash.short()
+                    )));
                 }
                 if actual != hash {
-                    return Err(bad(format!("blob {} holds bytes hashing to {}", hash.short(), actual.short())));
+                    return Err(bad(format!(
+                        "blob {} holds bytes hashing to {}",
+                        hash.short(),
+                        actual.short()
+                    )));
                 }
                 staged.push(hash);
             }
             Entry::End { digest } => {
                 if digest != before {
-                    return Err(bad("the bundle digest does not match its contents (altered or spliced)".into()));
+                    return Err(bad(
+                        "the bundle digest does not match its contents (altered or spliced)".into(),
+                    ));
                 }
                 break;
             }
         }
     }
     let mut trailing = [0u8; 1];
-    if r.inner.read(&mut trailing).map_err(|e| Error::io(path, e))? != 0 {
+    if r.inner
+        .read(&mut trailing)
+        .map_err(|e| Error::io(path, e))?
+        != 0
+    {
         return Err(bad("bytes after the end of the bundle".into()));
     }
     if events.len() != n_events as usize || staged.len() != n_blobs as usize {
@@ -185,7 +223,10 @@ pub fn import(ledger: &mut Ledger, path: &Path) -> Result<ImportReport> {
         }
     }
     if !staged_set.contains(&root) && !ledger.store().contains(&root) {
-        return Err(bad(format!("the root artifact {} is not in the bundle", root.short())));
+        return Err(bad(format!(
+            "the root artifact {} is not in the bundle",
+            root.short()
+        )));
     }
 
     // Commit: blobs first (durable), then the new events in one batch.
@@ -246,15 +287,18 @@ fn write_frame(w: &mut impl Write, entry: &Entry) -> std::io::Result<()> {
 
 fn read_frame(r: &mut impl Read) -> std::result::Result<Entry, String> {
     let mut len = [0u8; 4];
-    r.read_exact(&mut len).map_err(|_| "truncated (no end marker)".to_string())?;
+    r.read_exact(&mut len)
+        .map_err(|_| "truncated (no end marker)".to_string())?;
     let len = u32::from_le_bytes(len);
     if len > MAX_FRAME {
         return Err(format!("an entry claims {len} bytes"));
     }
     let mut payload = vec![0u8; len as usize];
     let mut sum = [0u8; 32];
-    r.read_exact(&mut payload).map_err(|_| "truncated inside an entry".to_string())?;
-    r.read_exact(&mut sum).map_err(|_| "truncated inside an entry".to_string())?;
+    r.read_exact(&mut payload)
+        .map_err(|_| "truncated inside an entry".to_string())?;
+    r.read_exact(&mut sum)
+        .map_err(|_| "truncated inside an entry".to_string())?;
     if Hash::of(&payload).0 != sum {
         return Err("an entry fails its checksum".into());
     }
@@ -269,7 +313,10 @@ struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: blake3::Hasher::new() }
+        HashingWriter {
+            inner,
+            hasher: blake3::Hasher::new(),
+        }
     }
     fn digest(&self) -> Hash {
         Hash::from(self.hasher.finalize())
@@ -295,7 +342,10 @@ struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     fn new(inner: R) -> Self {
-        HashingReader { inner, hasher: blake3::Hasher::new() }
+        HashingReader {
+            inner,
+            hasher: blake3::Hasher::new(),
+        }
     }
     fn digest(&self) -> Hash {
         Hash::from(self.hasher.finalize())

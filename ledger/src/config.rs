@@ -211,7 +211,11 @@ impl Experiment {
                 }
             };
             let id = string_of("id")?.ok_or_else(|| {
-                err(Some(first_line), Some("id"), "every [[stage]] needs an `id`".into())
+                err(
+                    Some(first_line),
+                    Some("id"),
+                    "every [[stage]] needs an `id`".into(),
+                )
             })?;
             if id.is_empty()
                 || !id
@@ -296,7 +300,8 @@ impl Experiment {
                         return Err(err(
                             line,
                             Some(&key),
-                            "expected \"<stage id>.<output name>\" or \"@<artifact hash or tag>\"".into(),
+                            "expected \"<stage id>.<output name>\" or \"@<artifact hash or tag>\""
+                                .into(),
                         ));
                     };
                     inputs.insert(spec.name.to_string(), reference);
@@ -349,7 +354,10 @@ impl Experiment {
                     return Err(err(
                         Some(node.line),
                         Some(&key),
-                        format!("stage `{}` reads `{from}.{output}`, but no stage has id `{from}`", node.id),
+                        format!(
+                            "stage `{}` reads `{from}.{output}`, but no stage has id `{from}`",
+                            node.id
+                        ),
                     ));
                 };
                 let outputs = registry.get(&producer.stage).expect("checked").outputs();

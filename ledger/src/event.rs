@@ -18,6 +18,9 @@ pub struct Event {
     pub kind: EventKind,
 }
 
+// Events are decoded and handled one at a time; boxing the stage run would only add an
+// allocation per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum EventKind {
     ArtifactAdded(ArtifactAdded),
@@ -100,8 +103,12 @@ pub struct Output {
 pub enum RunStatus {
     Succeeded,
     /// Outputs reused from the successful run recorded at event `source_seq`.
-    Cached { source_seq: u64 },
-    Failed { error: String },
+    Cached {
+        source_seq: u64,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 /// Facts about where a stage ran; recorded for audit, never part of an action key.

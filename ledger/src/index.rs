@@ -217,7 +217,10 @@ impl Index {
     }
 
     pub fn observation(&self, request: &Hash) -> Result<Option<u64>> {
-        Ok(self.observations.get(request.as_bytes())?.map(|v| be_u64(&v)))
+        Ok(self
+            .observations
+            .get(request.as_bytes())?
+            .map(|v| be_u64(&v)))
     }
 
     pub fn tag(&self, name: &str) -> Result<Option<Hash>> {
@@ -284,7 +287,7 @@ impl Index {
     }
 
     /// Every entry of every tree, for comparing two indexes of the same log.
-    pub fn dump(&self) -> Result<Vec<(&'static str, Vec<(Vec<u8>, Vec<u8>)>)>> {
+    pub fn dump(&self) -> Result<Vec<(&'static str, TreeDump)>> {
         let mut out = Vec::new();
         for (name, tree) in TREES.iter().zip(self.trees()) {
             let entries = tree
@@ -296,6 +299,9 @@ impl Index {
         Ok(out)
     }
 }
+
+/// Every (key, value) of one tree.
+pub type TreeDump = Vec<(Vec<u8>, Vec<u8>)>;
 
 fn cat(hash: &Hash, seq: &[u8; 8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(40);

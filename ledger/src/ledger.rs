@@ -293,7 +293,9 @@ impl Ledger {
             &mut f,
             &shown,
             media_type_for(path),
-            Origin::File { path: shown.clone() },
+            Origin::File {
+                path: shown.clone(),
+            },
         )
     }
 

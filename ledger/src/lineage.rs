@@ -12,10 +12,21 @@ use std::fmt::Write;
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Provenance {
-    File { path: String },
-    Config { path: String },
-    Output { seq: u64, output: String, step: Box<StepNode> },
-    Observation { source: String, request: String },
+    File {
+        path: String,
+    },
+    Config {
+        path: String,
+    },
+    Output {
+        seq: u64,
+        output: String,
+        step: Box<StepNode>,
+    },
+    Observation {
+        source: String,
+        request: String,
+    },
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -193,7 +204,10 @@ impl Lineage {
             Provenance::File { path } => format!("file {path}"),
             Provenance::Config { path } => format!("config {path}"),
             Provenance::Output { output, step, .. } => {
-                format!("output `{output}` of {} ({} v{})", step.node, step.stage, step.version)
+                format!(
+                    "output `{output}` of {} ({} v{})",
+                    step.node, step.stage, step.version
+                )
             }
             Provenance::Observation { source, .. } => format!("{source} observation"),
         };
@@ -237,7 +251,8 @@ impl Lineage {
 
     /// Graphviz DOT: artifacts as ellipses, steps as boxes.
     pub fn to_dot(&self) -> String {
-        let mut out = String::from("digraph lineage {\n  rankdir=LR;\n  node [fontname=\"monospace\"];\n");
+        let mut out =
+            String::from("digraph lineage {\n  rankdir=LR;\n  node [fontname=\"monospace\"];\n");
         for (hash, a) in &self.artifacts {
             let label = match &a.provenance {
                 Provenance::File { path } | Provenance::Config { path } => path.clone(),
@@ -250,7 +265,11 @@ impl Lineage {
                 hash,
                 escape(&label),
                 &hash[..12],
-                if *hash == self.root { ",penwidth=2" } else { "" }
+                if *hash == self.root {
+                    ",penwidth=2"
+                } else {
+                    ""
+                }
             );
         }
         for (seq, s) in &self.steps {
@@ -262,7 +281,11 @@ impl Lineage {
                 s.version
             );
             for (name, input) in &s.inputs {
-                let _ = writeln!(out, "  \"a{input}\" -> \"s{seq}\" [label=\"{}\"];", escape(name));
+                let _ = writeln!(
+                    out,
+                    "  \"a{input}\" -> \"s{seq}\" [label=\"{}\"];",
+                    escape(name)
+                );
             }
             for (_, output) in &s.outputs {
                 if self.artifacts.contains_key(output) {

@@ -45,11 +45,15 @@ pub struct Stored {
 }
 
 /// One step of a sequential scan.
+#[allow(clippy::large_enum_variant)] // yielded one at a time
 #[derive(Debug)]
 pub enum Frame {
     Good(Stored),
     /// The file ends inside this frame: an interrupted append.
-    Torn { offset: u64, bytes: u64 },
+    Torn {
+        offset: u64,
+        bytes: u64,
+    },
     /// A complete frame that fails its checksum, does not decode, or breaks the chain.
     /// `event` is what the payload still decodes to, if anything, to name what it touched.
     Damaged {
@@ -86,10 +90,7 @@ impl Scanner {
         let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let mut header = [0u8; 8];
-        if len < HEADER.len() as u64
-            || file.read_exact(&mut header).is_err()
-            || &header != HEADER
-        {
+        if len < HEADER.len() as u64 || file.read_exact(&mut header).is_err() || &header != HEADER {
             return Err(Error::Corrupt(format!(
                 "{}: not a ledger event log (bad header)",
                 path.display()

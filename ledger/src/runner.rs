@@ -138,7 +138,14 @@ pub fn run(
                     origin,
                 } => {
                     ledger
-                        .add(&mut bytes.as_slice(), &origin, &media_type, Origin::File { path: origin.clone() })?
+                        .add(
+                            &mut bytes.as_slice(),
+                            &origin,
+                            &media_type,
+                            Origin::File {
+                                path: origin.clone(),
+                            },
+                        )?
                         .0
                 }
             };

@@ -96,7 +96,10 @@ impl Registry {
 pub enum Mode<'a> {
     Run(&'a mut Ledger),
     /// Offline: outputs go to a scratch store, every observation must already be recorded.
-    Replay { ledger: &'a Ledger, scratch: &'a BlobStore },
+    Replay {
+        ledger: &'a Ledger,
+        scratch: &'a BlobStore,
+    },
 }
 
 pub struct StageContext<'a> {
@@ -253,8 +256,7 @@ impl<'a> StageContext<'a> {
         let request_hash = Hash::of(request);
         let recorded = self.ledger().index().observation(&request_hash)?;
         if let Some(seq) = recorded {
-            if let crate::event::EventKind::Observation(o) = self.ledger().event(seq)?.event.kind
-            {
+            if let crate::event::EventKind::Observation(o) = self.ledger().event(seq)?.event.kind {
                 return Ok(self.input_store().read(&o.response)?);
             }
         }

@@ -167,7 +167,11 @@ impl BlobStore {
     /// Rehashes a stored blob.
     pub fn rehash(&self, hash: &Hash) -> Result<(Hash, u64)> {
         let mut f = self.open(hash)?;
-        hash_and_copy(&mut f, &mut io::sink(), &self.path(hash).display().to_string())
+        hash_and_copy(
+            &mut f,
+            &mut io::sink(),
+            &self.path(hash).display().to_string(),
+        )
     }
 }
 
@@ -194,7 +198,9 @@ impl Write for BlobWriter {
 
 impl BlobWriter {
     pub fn finish(mut self) -> Result<(Hash, u64)> {
-        self.tmp.flush().map_err(|e| Error::io(self.tmp.path(), e))?;
+        self.tmp
+            .flush()
+            .map_err(|e| Error::io(self.tmp.path(), e))?;
         let hash = Hash::from(self.hasher.finalize());
         if !self.store.contains(&hash) {
             self.store.commit(self.tmp, hash)?;

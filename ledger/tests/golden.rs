@@ -46,7 +46,12 @@ const HEAD: &str = concat!(
 fn assert_golden(kind: EventKind, body: &str) {
     let e = event(kind);
     let bytes = e.encode();
-    assert_eq!(hex(&bytes), format!("{HEAD}{body}"), "encoding of {:?}", e.kind.name());
+    assert_eq!(
+        hex(&bytes),
+        format!("{HEAD}{body}"),
+        "encoding of {:?}",
+        e.kind.name()
+    );
     assert_eq!(Event::decode(&bytes).unwrap(), e, "round trip");
 }
 
@@ -57,14 +62,17 @@ fn artifact_added() {
             hash: h(1),
             size: 1234,
             media_type: "text/plain".into(),
-            origin: Origin::File { path: "a.txt".into() },
+            origin: Origin::File {
+                path: "a.txt".into(),
+            },
         }),
         concat!(
             "00",
             "0101010101010101010101010101010101010101010101010101010101010101",
             "d209",
             "0a746578742f706c61696e",
-            "00", "05612e747874"
+            "00",
+            "05612e747874"
         ),
     );
     assert_golden(
@@ -77,7 +85,10 @@ fn artifact_added() {
         concat!(
             "00",
             "0101010101010101010101010101010101010101010101010101010101010101",
-            "00", "00", "01", "0163"
+            "00",
+            "00",
+            "01",
+            "0163"
         ),
     );
 }
@@ -128,18 +139,39 @@ fn stage_run(status: RunStatus) -> EventKind {
 const STAGE_BODY: &str = concat!(
     "02",
     "0202020202020202020202020202020202020202020202020202020202020202",
-    "016e", "0173", "01",
+    "016e",
+    "0173",
+    "01",
     "0404040404040404040404040404040404040404040404040404040404040404",
-    "027b7d", "07",
-    "01", "0169", "0505050505050505050505050505050505050505050505050505050505050505",
-    "01", "016f", "0606060606060606060606060606060606060606060606060606060606060606", "09", "016d",
-    "01", "046c6f7373", "000000000000e03f",
-    "0168", "056c696e7578", "067838365f3634", "02", "03637075", "01", "0461767832", "05302e312e30",
+    "027b7d",
+    "07",
+    "01",
+    "0169",
+    "0505050505050505050505050505050505050505050505050505050505050505",
+    "01",
+    "016f",
+    "0606060606060606060606060606060606060606060606060606060606060606",
+    "09",
+    "016d",
+    "01",
+    "046c6f7373",
+    "000000000000e03f",
+    "0168",
+    "056c696e7578",
+    "067838365f3634",
+    "02",
+    "03637075",
+    "01",
+    "0461767832",
+    "05302e312e30",
 );
 
 #[test]
 fn stage_run_each_status() {
-    assert_golden(stage_run(RunStatus::Succeeded), &format!("{STAGE_BODY}000102"));
+    assert_golden(
+        stage_run(RunStatus::Succeeded),
+        &format!("{STAGE_BODY}000102"),
+    );
     assert_golden(
         stage_run(RunStatus::Cached { source_seq: 300 }),
         &format!("{STAGE_BODY}01ac020102"),
@@ -160,7 +192,8 @@ fn observation() {
             response_size: 100,
         }),
         concat!(
-            "03", "0468747470",
+            "03",
+            "0468747470",
             "0707070707070707070707070707070707070707070707070707070707070707",
             "0808080808080808080808080808080808080808080808080808080808080808",
             "64"
@@ -176,7 +209,8 @@ fn tag_and_collected() {
             target: h(9),
         }),
         concat!(
-            "04", "0462657374",
+            "04",
+            "0462657374",
             "0909090909090909090909090909090909090909090909090909090909090909"
         ),
     );
@@ -185,7 +219,8 @@ fn tag_and_collected() {
             hashes: vec![h(10), h(11)],
         }),
         concat!(
-            "05", "02",
+            "05",
+            "02",
             "0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a",
             "0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b"
         ),
@@ -204,7 +239,10 @@ fn action_key_is_pinned() {
         &[("files".into(), h(1)), ("extra".into(), h(2))],
         42,
     );
-    assert_eq!(key.to_hex(), "2d8ca953b7ce7d0fdcf10db60a6f2bf9495c39b0ca0ccd8efeb5b4001d203c95");
+    assert_eq!(
+        key.to_hex(),
+        "2d8ca953b7ce7d0fdcf10db60a6f2bf9495c39b0ca0ccd8efeb5b4001d203c95"
+    );
 }
 
 #[test]
@@ -230,7 +268,10 @@ fn log_file_layout_is_pinned() {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
         let payload = &bytes[at + 4..at + 4 + len];
         assert_eq!(payload, s.event.encode().as_slice());
-        assert_eq!(&bytes[at + 4 + len..at + 4 + len + 32], blake3::hash(payload).as_bytes());
+        assert_eq!(
+            &bytes[at + 4 + len..at + 4 + len + 32],
+            blake3::hash(payload).as_bytes()
+        );
         assert_eq!(s.event.seq, i as u64);
         assert_eq!(s.event.prev, prev, "each event names the one before");
         prev = s.id;

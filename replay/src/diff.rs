@@ -184,20 +184,42 @@ fn short(h: &Option<String>) -> &str {
 
 impl fmt::Display for DiffReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "diff of {}: A = {}  B = {}", self.kind, &self.a[..12], &self.b[..12])?;
+        writeln!(
+            f,
+            "diff of {}: A = {}  B = {}",
+            self.kind,
+            &self.a[..12],
+            &self.b[..12]
+        )?;
         if let Some([(sa, ma), (sb, mb)]) = &self.artifacts {
-            writeln!(f, "  A: {} {ma}\n  B: {} {mb}", human_size(*sa), human_size(*sb))?;
+            writeln!(
+                f,
+                "  A: {} {ma}\n  B: {} {mb}",
+                human_size(*sa),
+                human_size(*sb)
+            )?;
             if self.steps.is_empty() {
-                writeln!(f, "  (not both stage outputs: no producing steps to compare)")?;
+                writeln!(
+                    f,
+                    "  (not both stage outputs: no producing steps to compare)"
+                )?;
             }
         }
         let mut first = true;
         for s in &self.steps {
             if s.identical() {
-                writeln!(f, "= {} ({}): same action, same outputs", s.node, s.stage[0])?;
+                writeln!(
+                    f,
+                    "= {} ({}): same action, same outputs",
+                    s.node, s.stage[0]
+                )?;
                 continue;
             }
-            let tag = if std::mem::take(&mut first) { "  <- first divergence" } else { "" };
+            let tag = if std::mem::take(&mut first) {
+                "  <- first divergence"
+            } else {
+                ""
+            };
             writeln!(f, "~ {} ({}){tag}", s.node, s.stage[0])?;
             if s.stage[0] != s.stage[1] || s.version[0] != s.version[1] {
                 writeln!(

@@ -8,6 +8,7 @@
 //!   machine), so a missing artifact is restored — verified bytes are put back in the store;
 //! - with `check`, every step of the lineage (Nix's `--check`);
 //! - with `from`, the steps of that node or stage and everything downstream of them.
+//!
 //! Intact ancestors are reused. `repeat` re-executes the chosen steps N times.
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -244,7 +245,12 @@ fn reexecute(
         let first_difference = match again {
             None => Some("the re-execution did not produce this output".into()),
             Some(_) if identical => None,
-            Some(o) => Some(first_difference(ledger.store(), &recorded.hash, scratch, &o.hash)),
+            Some(o) => Some(first_difference(
+                ledger.store(),
+                &recorded.hash,
+                scratch,
+                &o.hash,
+            )),
         };
         outputs.push(OutputCheck {
             name: recorded.name.clone(),
@@ -335,7 +341,11 @@ pub fn first_difference(a_store: &BlobStore, a: &Hash, b_store: &BlobStore, b: &
 impl fmt::Display for ReplayReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.steps.is_empty() {
-            writeln!(f, "{} is a source artifact; rehashed its bytes", &self.target[..12])?;
+            writeln!(
+                f,
+                "{} is a source artifact; rehashed its bytes",
+                &self.target[..12]
+            )?;
         }
         for s in &self.steps {
             writeln!(

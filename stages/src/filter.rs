@@ -75,7 +75,9 @@ fn python_extensions() -> Vec<String> {
     [".py", ".pyi", ".pyx", ".pyw"].map(String::from).to_vec()
 }
 fn doc_extensions() -> Vec<String> {
-    [".md", ".markdown", ".rst", ".txt"].map(String::from).to_vec()
+    [".md", ".markdown", ".rst", ".txt"]
+        .map(String::from)
+        .to_vec()
 }
 fn swebench_verified() -> Vec<String> {
     SWEBENCH_VERIFIED
@@ -98,7 +100,12 @@ pub const REASONS: [&str; 8] = [
 ];
 
 /// Applies the rules in order; `seen` carries the dedupe state across records.
-pub fn judge(p: &Params, r: &PrRecord, seen: &mut HashSet<(String, u64)>, excluded: &HashSet<String>) -> Option<&'static str> {
+pub fn judge(
+    p: &Params,
+    r: &PrRecord,
+    seen: &mut HashSet<(String, u64)>,
+    excluded: &HashSet<String>,
+) -> Option<&'static str> {
     if p.merged_only && !r.merged {
         return Some("not_merged");
     }
@@ -112,13 +119,20 @@ pub fn judge(p: &Params, r: &PrRecord, seen: &mut HashSet<(String, u64)>, exclud
         return Some("duplicate");
     }
     if p.subset == Subset::Python {
-        let has_ext = |path: &str, exts: &[String]| exts.iter().any(|e| path.to_ascii_lowercase().ends_with(e.as_str()));
+        let has_ext = |path: &str, exts: &[String]| {
+            exts.iter()
+                .any(|e| path.to_ascii_lowercase().ends_with(e.as_str()))
+        };
         if r.files.iter().any(|f| {
             !has_ext(&f.path, &p.python_extensions) && !has_ext(&f.path, &p.doc_extensions)
         }) {
             return Some("non_python_files");
         }
-        let py = r.files.iter().filter(|f| has_ext(&f.path, &p.python_extensions)).count();
+        let py = r
+            .files
+            .iter()
+            .filter(|f| has_ext(&f.path, &p.python_extensions))
+            .count();
         if py < p.min_python_files || py > p.max_python_files {
             return Some("python_file_count");
         }
@@ -126,7 +140,10 @@ pub fn judge(p: &Params, r: &PrRecord, seen: &mut HashSet<(String, u64)>, exclud
             return Some("too_many_files");
         }
     }
-    if r.related_issue.as_ref().is_some_and(|i| i.comments.len() > p.max_issue_comments) {
+    if r.related_issue
+        .as_ref()
+        .is_some_and(|i| i.comments.len() > p.max_issue_comments)
+    {
         return Some("issue_comments");
     }
     None
@@ -170,7 +187,11 @@ impl Stage for Filter {
 
     fn execute(&self, ctx: &mut StageContext) -> anyhow::Result<()> {
         let p: Params = ctx.params()?;
-        let excluded: HashSet<String> = p.exclude_repos.iter().map(|r| r.to_ascii_lowercase()).collect();
+        let excluded: HashSet<String> = p
+            .exclude_repos
+            .iter()
+            .map(|r| r.to_ascii_lowercase())
+            .collect();
         let mut seen = HashSet::new();
         let mut dropped: BTreeMap<&str, u64> = REASONS.iter().map(|r| (*r, 0)).collect();
         let mut out = ShardWriter::new(ctx)?;
@@ -225,7 +246,15 @@ mod tests {
     #[test]
     fn defaults_are_the_papers() {
         let p = params();
-        assert_eq!((p.min_python_files, p.max_python_files, p.max_files, p.max_issue_comments), (1, 5, 20, 20));
+        assert_eq!(
+            (
+                p.min_python_files,
+                p.max_python_files,
+                p.max_files,
+                p.max_issue_comments
+            ),
+            (1, 5, 20, 20)
+        );
         assert_eq!(p.exclude_repos.len(), 12);
         assert!(p.exclude_repos.contains(&"django/django".to_string()));
     }
@@ -233,7 +262,11 @@ mod tests {
     #[test]
     fn each_rule_names_its_reason() {
         let p = params();
-        let ex: HashSet<String> = p.exclude_repos.iter().map(|r| r.to_ascii_lowercase()).collect();
+        let ex: HashSet<String> = p
+            .exclude_repos
+            .iter()
+            .map(|r| r.to_ascii_lowercase())
+            .collect();
         let mut seen = HashSet::new();
         let mut judge = |r: &PrRecord| judge(&p, r, &mut seen, &ex);
         assert_eq!(judge(&pr("a/b", 1, &["x.py", "README.md"])), None);
@@ -247,13 +280,30 @@ mod tests {
         let mut bot2 = pr("a/b", 4, &["x.py"]);
         bot2.author_type = "Bot".into();
         assert_eq!(judge(&bot2), Some("bot_author"));
-        assert_eq!(judge(&pr("Django/Django", 5, &["x.py"])), Some("decontaminated"));
-        assert_eq!(judge(&pr("a/b", 6, &["x.py", "y.rs"])), Some("non_python_files"));
-        assert_eq!(judge(&pr("a/b", 7, &["README.md"])), Some("python_file_count"));
+        assert_eq!(
+            judge(&pr("Django/Django", 5, &["x.py"])),
+            Some("decontaminated")
+        );
+        assert_eq!(
+            judge(&pr("a/b", 6, &["x.py", "y.rs"])),
+            Some("non_python_files")
+        );
+        assert_eq!(
+            judge(&pr("a/b", 7, &["README.md"])),
+            Some("python_file_count")
+        );
         let six: Vec<String> = (0..6).map(|i| format!("m{i}.py")).collect();
         let six: Vec<&str> = six.iter().map(String::as_str).collect();
         assert_eq!(judge(&pr("a/b", 8, &six)), Some("python_file_count"));
-        let many: Vec<String> = (0..21).map(|i| if i < 2 { format!("m{i}.py") } else { format!("d{i}.md") }).collect();
+        let many: Vec<String> = (0..21)
+            .map(|i| {
+                if i < 2 {
+                    format!("m{i}.py")
+                } else {
+                    format!("d{i}.md")
+                }
+            })
+            .collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         assert_eq!(judge(&pr("a/b", 9, &many)), Some("too_many_files"));
         let mut chatty = pr("a/b", 10, &["x.py"]);

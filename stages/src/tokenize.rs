@@ -142,7 +142,10 @@ impl Stage for Tokenize {
             None => train(ctx, &samples, &p)?,
         };
         let eos = tokenizer.token_to_id(&p.eos_token).with_context(|| {
-            format!("the tokenizer has no `{}` token (set eos_token)", p.eos_token)
+            format!(
+                "the tokenizer has no `{}` token (set eos_token)",
+                p.eos_token
+            )
         })?;
         let vocab = tokenizer.get_vocab_size(true) as u32;
         let json = tokenizer
@@ -218,14 +221,15 @@ fn train(ctx: &StageContext, samples: &ledger::Hash, p: &Params) -> anyhow::Resu
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .build();
     let byte_level = ByteLevel::new(false, true, true);
-    let mut tokenizer = TokenizerBuilder::<BPE, NormalizerWrapper, ByteLevel, ByteLevel, ByteLevel>::new()
-        .with_model(BPE::default())
-        .with_normalizer(None)
-        .with_pre_tokenizer(Some(byte_level))
-        .with_post_processor(Some(byte_level))
-        .with_decoder(Some(byte_level))
-        .build()
-        .map_err(|e| anyhow!("building the tokenizer: {e}"))?;
+    let mut tokenizer =
+        TokenizerBuilder::<BPE, NormalizerWrapper, ByteLevel, ByteLevel, ByteLevel>::new()
+            .with_model(BPE::default())
+            .with_normalizer(None)
+            .with_pre_tokenizer(Some(byte_level))
+            .with_post_processor(Some(byte_level))
+            .with_decoder(Some(byte_level))
+            .build()
+            .map_err(|e| anyhow!("building the tokenizer: {e}"))?;
     // The trainer wants an infallible iterator: remember the first read error and stop.
     let mut failure = None;
     let texts = shard::read::<Sample>(ctx, samples, "input `samples`")?.map_while(|s| match s {
