@@ -364,12 +364,14 @@ pub fn replay(
     })
 }
 
-pub fn diff(ctx: &Context, a: &str, b: &str, json: bool) -> Result<ExitCode> {
+pub fn diff(ctx: &Context, a: &str, b: &str, json: bool, dot: bool) -> Result<ExitCode> {
     let ledger = ctx.reader()?;
     let (a, b) = (ledger.resolve(a)?, ledger.resolve(b)?);
     let report = replay::diff(&ledger, &a, &b)?;
     if json {
         print_json(&report)?;
+    } else if dot {
+        print!("{}", report.to_dot());
     } else {
         print!("{report}");
     }

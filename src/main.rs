@@ -88,6 +88,9 @@ enum Command {
         b: String,
         #[arg(long)]
         json: bool,
+        /// Print the aligned lineages as Graphviz DOT (shared vs divergent steps).
+        #[arg(long, conflicts_with = "json")]
+        dot: bool,
     },
     /// Rehash every blob, walk the hash chain, check the index (exit 1 on any problem).
     Verify {
@@ -170,7 +173,7 @@ fn main() -> ExitCode {
             };
             commands::replay(&ctx, &hash, &options, json)
         }
-        Command::Diff { a, b, json } => commands::diff(&ctx, &a, &b, json),
+        Command::Diff { a, b, json, dot } => commands::diff(&ctx, &a, &b, json, dot),
         Command::Export { hash, output, json } => commands::export(&ctx, &hash, &output, json),
         Command::Import { bundle, json } => commands::import(&ctx, &bundle, json),
         Command::Verify { json } => commands::verify(&ctx, json),

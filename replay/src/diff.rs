@@ -2,10 +2,10 @@
 
 use anyhow::{bail, Result};
 use ledger::event::{EventKind, StageRun};
-use ledger::lineage::{describe, human_size, Provenance};
+use ledger::lineage::{describe, human_size, lineage};
 use ledger::{Hash, Ledger};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 #[derive(Debug, Serialize)]
@@ -18,6 +18,8 @@ pub struct DiffReport {
     pub only_in_b: Vec<String>,
     /// For artifacts: size and media type of each side.
     pub artifacts: Option<[(u64, String); 2]>,
+    /// Data flow between nodes (producer → consumer), from either side.
+    pub edges: Vec<(String, String)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -62,9 +64,44 @@ fn stage_runs(ledger: &Ledger, run: &Hash) -> Result<Vec<StageRun>> {
 fn diff_runs(ledger: &Ledger, a: &Hash, b: &Hash) -> Result<DiffReport> {
     let left = stage_runs(ledger, a)?;
     let right = stage_runs(ledger, b)?;
+    Ok(align("runs", a, b, &left, &right, None))
+}
+
+/// Two artifacts: align their whole lineages by node id.
+fn diff_artifacts(ledger: &Ledger, a: &Hash, b: &Hash) -> Result<DiffReport> {
+    let (ia, ib) = (describe(ledger, a)?, describe(ledger, b)?);
+    let steps_of = |h: &Hash| -> Result<Vec<StageRun>> {
+        let graph = lineage(ledger, h)?;
+        let mut out = Vec::new();
+        for seq in graph.steps.keys() {
+            if let EventKind::StageRun(s) = ledger.event(*seq)?.event.kind {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    };
+    let (left, right) = (steps_of(a)?, steps_of(b)?);
+    Ok(align(
+        "artifacts",
+        a,
+        b,
+        &left,
+        &right,
+        Some([(ia.size, ia.media_type), (ib.size, ib.media_type)]),
+    ))
+}
+
+fn align(
+    kind: &'static str,
+    a: &Hash,
+    b: &Hash,
+    left: &[StageRun],
+    right: &[StageRun],
+    artifacts: Option<[(u64, String); 2]>,
+) -> DiffReport {
     let mut steps = Vec::new();
     let mut only_in_a = Vec::new();
-    for l in &left {
+    for l in left {
         match right.iter().find(|r| r.node == l.node) {
             Some(r) => steps.push(step_diff(l, r)),
             None => only_in_a.push(l.node.clone()),
@@ -75,41 +112,29 @@ fn diff_runs(ledger: &Ledger, a: &Hash, b: &Hash) -> Result<DiffReport> {
         .filter(|r| !left.iter().any(|l| l.node == r.node))
         .map(|r| r.node.clone())
         .collect();
-    Ok(DiffReport {
-        kind: "runs",
+    let mut edges = BTreeSet::new();
+    for side in [left, right] {
+        for consumer in side {
+            for (_, input) in &consumer.inputs {
+                for producer in side
+                    .iter()
+                    .filter(|p| p.outputs.iter().any(|o| o.hash == *input))
+                {
+                    edges.insert((producer.node.clone(), consumer.node.clone()));
+                }
+            }
+        }
+    }
+    DiffReport {
+        kind,
         a: a.to_hex(),
         b: b.to_hex(),
         steps,
         only_in_a,
         only_in_b,
-        artifacts: None,
-    })
-}
-
-fn diff_artifacts(ledger: &Ledger, a: &Hash, b: &Hash) -> Result<DiffReport> {
-    let (ia, ib) = (describe(ledger, a)?, describe(ledger, b)?);
-    let producer = |p: &Provenance| -> Result<Option<StageRun>> {
-        let Provenance::Output { seq, .. } = p else {
-            return Ok(None);
-        };
-        Ok(match ledger.event(*seq)?.event.kind {
-            EventKind::StageRun(s) => Some(s),
-            _ => None,
-        })
-    };
-    let steps = match (producer(&ia.provenance)?, producer(&ib.provenance)?) {
-        (Some(l), Some(r)) => vec![step_diff(&l, &r)],
-        _ => Vec::new(),
-    };
-    Ok(DiffReport {
-        kind: "artifacts",
-        a: a.to_hex(),
-        b: b.to_hex(),
-        steps,
-        only_in_a: Vec::new(),
-        only_in_b: Vec::new(),
-        artifacts: Some([(ia.size, ia.media_type), (ib.size, ib.media_type)]),
-    })
+        artifacts,
+        edges: edges.into_iter().collect(),
+    }
 }
 
 fn step_diff(l: &StageRun, r: &StageRun) -> StepDiff {
@@ -175,6 +200,44 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, serde
         other => {
             out.insert(prefix.to_string(), other.clone());
         }
+    }
+}
+
+impl DiffReport {
+    /// Graphviz DOT of the aligned lineages: shared steps grey, divergent steps orange,
+    /// steps on one side only blue (A) or green (B).
+    pub fn to_dot(&self) -> String {
+        let mut out = format!(
+            "digraph diff {{\n  rankdir=LR;\n  node [shape=box,style=\"rounded,filled\",fontname=\"monospace\"];\n  label=\"A = {}  B = {}\";\n",
+            &self.a[..12],
+            &self.b[..12]
+        );
+        for s in &self.steps {
+            let (color, note) = if s.identical() {
+                ("lightgrey", "shared")
+            } else {
+                ("orange", "diverges")
+            };
+            out.push_str(&format!(
+                "  \"{}\" [fillcolor={color},label=\"{}\\n{} ({note})\"];\n",
+                s.node, s.node, s.stage[0]
+            ));
+        }
+        for (nodes, color, side) in [
+            (&self.only_in_a, "lightblue", "A"),
+            (&self.only_in_b, "palegreen", "B"),
+        ] {
+            for n in nodes {
+                out.push_str(&format!(
+                    "  \"{n}\" [fillcolor={color},label=\"{n}\\nonly in {side}\"];\n"
+                ));
+            }
+        }
+        for (from, to) in &self.edges {
+            out.push_str(&format!("  \"{from}\" -> \"{to}\";\n"));
+        }
+        out.push_str("}\n");
+        out
     }
 }
 
