@@ -76,7 +76,16 @@ pub fn init(ctx: &Context) -> Result<ExitCode> {
 pub fn add(ctx: &Context, files: &[PathBuf]) -> Result<ExitCode> {
     let mut ledger = ctx.writer_or_init()?;
     for file in files {
-        let (hash, size) = ledger.add_file(file)?;
+        let bar = indicatif::ProgressBar::new(0).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .expect("valid template"),
+        );
+        bar.set_message(file.display().to_string());
+        let added = ledger.add_file_with_progress(file, &bar);
+        bar.finish_and_clear();
+        let (hash, size) = added?;
         println!("{hash}  {}  ({})", file.display(), human_size(size));
     }
     Ok(ExitCode::SUCCESS)

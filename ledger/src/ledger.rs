@@ -281,8 +281,20 @@ impl Ledger {
     }
 
     pub fn add_file(&mut self, path: &Path) -> Result<(Hash, u64)> {
-        let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-        if f.metadata().map_err(|e| Error::io(path, e))?.is_dir() {
+        self.add_file_with_progress(path, &indicatif::ProgressBar::hidden())
+    }
+
+    /// `add_file`, advancing `progress` by the bytes read (its length is set to the file size).
+    pub fn add_file_with_progress(
+        &mut self,
+        path: &Path,
+        progress: &indicatif::ProgressBar,
+    ) -> Result<(Hash, u64)> {
+        let f = File::open(path).map_err(|e| Error::io(path, e))?;
+        let meta = f.metadata().map_err(|e| Error::io(path, e))?;
+        progress.set_length(meta.len());
+        let mut f = progress.wrap_read(f);
+        if meta.is_dir() {
             return Err(Error::Invalid(format!(
                 "{}: is a directory, not a file",
                 path.display()
