@@ -501,8 +501,7 @@ pub fn tag(ctx: &Context, name: &str, what: &str) -> Result<ExitCode> {
 }
 
 pub fn reindex(ctx: &Context) -> Result<ExitCode> {
-    let mut ledger = ctx.writer()?;
-    let events = ledger.reindex()?;
+    let events = Ledger::reindex(&ctx.dir, ctx.wait)?;
     println!("reindexed {events} events");
     Ok(ExitCode::SUCCESS)
 }

@@ -3,7 +3,7 @@
 //! Applying an event is idempotent, and the `meta/tail` record is written after the event's
 //! entries, so a crash between the two just re-applies the event on the next open.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::event::{EventKind, RunStatus};
 use crate::hash::Hash;
 use crate::log::{Stored, Tail};
@@ -31,11 +31,13 @@ pub struct Index {
     meta: sled::Tree,
 }
 
-/// Why a persistent index could not be opened.
+/// The outcome of opening the persistent index.
 pub enum OpenIndex {
     Ready(Index),
     /// Another process holds the sled database.
     Busy,
+    /// sled could not open its files (e.g. damaged by a crash); the log can rebuild it.
+    Broken(String),
 }
 
 const TREES: [&str; 8] = [
@@ -56,8 +58,8 @@ impl Index {
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
                 Ok(OpenIndex::Busy)
             }
-            Err(e) => Err(Error::Invalid(format!(
-                "cannot open the index at {}: {e}; `ledger reindex` rebuilds it from the event log",
+            Err(e) => Ok(OpenIndex::Broken(format!(
+                "cannot open the index at {}: {e}",
                 path.display()
             ))),
         }

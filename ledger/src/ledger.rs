@@ -55,20 +55,39 @@ impl Ledger {
     /// index, the reader builds a private in-memory one from the log.
     pub fn open(dir: &Path) -> Result<Ledger> {
         let log_path = existing_log(dir)?;
+        let mut problem = None;
         let index = match Index::open(&dir.join(INDEX_DIR))? {
             OpenIndex::Ready(index) => index,
             OpenIndex::Busy => {
                 tracing::debug!("index busy; reading through a private index");
                 Index::temporary()?
             }
+            OpenIndex::Broken(why) => {
+                tracing::warn!("{why}; reading through a private index (a writer rebuilds it)");
+                problem = Some(why);
+                Index::temporary()?
+            }
         };
         let mut ledger = Ledger::assemble(dir, log_path, index)?;
+        ledger.index_problem = problem;
         ledger.catch_up(false)?;
         Ok(ledger)
     }
 
     /// Opens for writing: takes the writer lock, then the index.
     pub fn open_writer(dir: &Path, wait: Wait) -> Result<Ledger> {
+        Ledger::writer(dir, wait, false)
+    }
+
+    /// Takes the writer lock and rebuilds the index from the log, whatever state the index is
+    /// in; returns the number of events indexed. Refuses only a damaged log.
+    pub fn reindex(dir: &Path, wait: Wait) -> Result<u64> {
+        let ledger = Ledger::writer(dir, wait, true)?;
+        ledger.index.flush()?;
+        Ok(ledger.writer.as_ref().map_or(0, |(w, _)| w.tail().next_seq))
+    }
+
+    fn writer(dir: &Path, wait: Wait, rebuild: bool) -> Result<Ledger> {
         let log_path = existing_log(dir)?;
         let lock = WriterLock::acquire(dir, wait)?;
         let index_path = dir.join(INDEX_DIR);
@@ -86,8 +105,17 @@ impl Ledger {
                         index_path.display()
                     )))
                 }
+                OpenIndex::Broken(why) => {
+                    // Derived data: set the damaged files aside and rebuild from the log.
+                    let aside = dir.join(format!("{INDEX_DIR}.broken-{}", crate::event::now_ms()));
+                    tracing::warn!("{why}; moving it to {} and rebuilding", aside.display());
+                    std::fs::rename(&index_path, &aside).map_err(|e| Error::io(&index_path, e))?;
+                }
             }
         };
+        if rebuild {
+            index.clear()?;
+        }
         let mut ledger = Ledger::assemble(dir, log_path, index)?;
         let tail = ledger.catch_up(true)?;
         ledger.writer = Some((log::Writer::open(&ledger.log_path, tail)?, lock));
@@ -179,15 +207,6 @@ impl Ledger {
             Ok(s) if s.id == id && s.id == tail.last_id => Ok(()),
             _ => Err(truncated()),
         }
-    }
-
-    /// Drops the index and rebuilds it from the log (writers only).
-    pub fn reindex(&mut self) -> Result<u64> {
-        self.require_writer()?;
-        self.index.clear()?;
-        let tail = self.catch_up(true)?;
-        self.index.flush()?;
-        Ok(tail.next_seq)
     }
 
     pub fn dir(&self) -> &Path {
