@@ -2,6 +2,7 @@
 
 pub mod ingest;
 pub mod pack;
+pub mod reconstruct;
 pub mod record;
 pub mod shard;
 
@@ -12,5 +13,6 @@ pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(Box::new(ingest::Ingest));
     r.register(Box::new(pack::Pack));
+    r.register(Box::new(reconstruct::Reconstruct));
     r
 }
