@@ -74,7 +74,7 @@
 //! wrong text); attribute values have `&`, `"`, `<` and `>` escaped. Prose has CRLF turned
 //! into LF and surrounding whitespace trimmed; file content and patches are byte for byte.
 
-use super::python::prose;
+use super::python::{one_line, prose};
 use crate::record::{FileChange, PrRecord, Review};
 
 pub struct Rendering<'a> {
@@ -340,8 +340,7 @@ fn attr(value: &str) -> String {
 
 /// `<tag>value</tag>` on one line (prose; inner newlines folded to spaces).
 fn inline(out: &mut String, tag: &str, value: &str) {
-    let value = prose(value).split('\n').collect::<Vec<_>>().join(" ");
-    out.push_str(&format!("<{tag}>{value}</{tag}>\n"));
+    out.push_str(&format!("<{tag}>{}</{tag}>\n", one_line(value)));
 }
 
 /// `<tag attrs>`, the prose on its own lines, `</tag>`; an empty body leaves the lines out.

@@ -230,7 +230,8 @@ pub fn summary_request(p: &LlmParams, record: &PrRecord) -> Vec<u8> {
     } else {
         record.files.clone()
     };
-    let (diff, truncated) = truncate_chars_owned(&diff_text(&diffs), p.summary_patch_chars);
+    let diff = diff_text(&diffs);
+    let (diff, truncated) = truncate_chars(&diff, p.summary_patch_chars);
     user.push_str(&format!(
         "\nChanges{}:\n{diff}",
         if truncated { " (truncated)" } else { "" }
@@ -248,7 +249,8 @@ pub fn message_request(
     message: &str,
     diffs: &[FileChange],
 ) -> Vec<u8> {
-    let (patch, truncated) = truncate_chars_owned(&diff_text(diffs), p.patch_chars);
+    let patch = diff_text(diffs);
+    let (patch, truncated) = truncate_chars(&patch, p.patch_chars);
     let user = format!(
         "Rewrite the commit message below so that it accurately describes the change in the \
          patch: a short imperative subject line and, if useful, a brief body explaining what \
@@ -260,11 +262,6 @@ pub fn message_request(
         if truncated { " (truncated)" } else { "" }
     );
     request(p, MESSAGE_SYSTEM, &user, p.message_max_tokens)
-}
-
-fn truncate_chars_owned(s: &str, n: usize) -> (String, bool) {
-    let (head, cut) = truncate_chars(s, n);
-    (head.to_string(), cut)
 }
 
 /// A blocking client for one endpoint.

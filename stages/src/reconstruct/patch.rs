@@ -435,12 +435,16 @@ pub fn apply_each<E: From<PatchError>>(
     Ok(())
 }
 
+/// Applies parsed hunks to `content` and returns the new content.
+pub fn apply_hunks(content: &str, hunks: &[Hunk]) -> Result<String, PatchError> {
+    let mut lines = split_lines(content);
+    apply_each::<PatchError>(&mut lines, hunks, |_, _, _| Ok(()))?;
+    Ok(lines.concat())
+}
+
 /// Applies a patch to `content` and returns the new content.
 pub fn apply(content: &str, patch: &str) -> Result<String, PatchError> {
-    let hunks = parse(patch)?;
-    let mut lines = split_lines(content);
-    apply_each::<PatchError>(&mut lines, &hunks, |_, _, _| Ok(()))?;
-    Ok(lines.concat())
+    apply_hunks(content, &parse(patch)?)
 }
 
 #[cfg(test)]

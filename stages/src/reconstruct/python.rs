@@ -285,7 +285,7 @@ fn plan_change(
                 String::new()
             };
             let content = match hunks_of(change, commit)? {
-                Some(hunks) => apply_all(&base, &hunks).map_err(patch_error)?,
+                Some(hunks) => patch::apply_hunks(&base, &hunks).map_err(patch_error)?,
                 None => base,
             };
             files.insert(path.clone(), content.clone());
@@ -323,12 +323,6 @@ fn plan_change(
     Ok(())
 }
 
-fn apply_all(content: &str, hunks: &[Hunk]) -> Result<String, PatchError> {
-    let mut lines = patch::split_lines(content);
-    patch::apply_each::<PatchError>(&mut lines, hunks, |_, _, _| Ok(()))?;
-    Ok(lines.concat())
-}
-
 /// One `Edit` per hunk, each against the file as the previous hunks left it.
 fn edit(
     files: &mut BTreeMap<String, String>,
@@ -347,7 +341,7 @@ fn edit(
     };
     if content.is_empty() {
         // Nothing to anchor a search on: the new content replaces the empty file.
-        let new = apply_all(content, hunks).map_err(patch_error)?;
+        let new = patch::apply_hunks(content, hunks).map_err(patch_error)?;
         *content = new.clone();
         ops.push(Op::Create {
             path: path.into(),
@@ -554,7 +548,7 @@ fn render_op(out: &mut String, op: &Op) {
 
 /// `label` + a one-line value (trimmed; inner newlines folded to spaces).
 fn line(out: &mut String, label: &str, value: &str) {
-    let value = prose(value).split('\n').collect::<Vec<_>>().join(" ");
+    let value = one_line(value);
     out.push_str(label.trim_end());
     if !value.is_empty() {
         out.push(' ');
@@ -576,6 +570,11 @@ fn paragraph(out: &mut String, text: &str) {
 /// Free text as rendered: LF line ends, no surrounding blank space.
 pub fn prose(text: &str) -> String {
     text.replace("\r\n", "\n").trim().to_string()
+}
+
+/// Prose folded onto one line (titles, names).
+pub fn one_line(text: &str) -> String {
+    prose(text).split('\n').collect::<Vec<_>>().join(" ")
 }
 
 /// The fence for a block: three backticks, or one more than the longest run inside it.
