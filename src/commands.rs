@@ -341,12 +341,14 @@ pub fn run(ctx: &Context, config: &Path, progress: bool, json: bool) -> Result<E
         for (name, hash) in &step.outputs {
             println!("      {name} = {hash}");
         }
-        if !step.metrics.is_empty() {
-            let m: Vec<String> = step
-                .metrics
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+        // Zero counters are left out here; `ledger show` and `--json` list every metric.
+        let m: Vec<String> = step
+            .metrics
+            .iter()
+            .filter(|(_, v)| *v != 0.0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if !m.is_empty() {
             println!("      {}", m.join("  "));
         }
     }
