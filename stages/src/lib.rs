@@ -1,5 +1,6 @@
 //! The pipeline's stages, one module each. `registry()` is the list the binary runs with.
 
+pub mod collect;
 pub mod ingest;
 pub mod pack;
 pub mod record;
