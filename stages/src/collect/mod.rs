@@ -5,6 +5,7 @@
 //! - `github`: the REST API (`github.rs`), every response recorded as an observation.
 
 pub mod git;
+pub mod github;
 
 use crate::record::PrRecord;
 use crate::shard::ShardWriter;
@@ -20,6 +21,7 @@ pub struct Collect;
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     Git,
+    Github,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -28,6 +30,8 @@ pub struct Params {
     pub source: Source,
     #[serde(default)]
     pub git: Option<git::GitParams>,
+    #[serde(default)]
+    pub github: Option<github::GithubParams>,
 }
 
 const GIT_INPUT: &str = "source:git";
@@ -62,7 +66,18 @@ impl Stage for Collect {
                     "source = \"git\" needs a `git = { repo = \"<path>\" }` table",
                 ))
             }
-            _ => {}
+            Source::Github => match &p.github {
+                None => {
+                    return Err(ParamError::new(
+                        "github",
+                        "source = \"github\" needs a `[stage.github]` table (repos or search)",
+                    ))
+                }
+                Some(g) => g
+                    .validate()
+                    .map_err(|e| ParamError::new("github", format!("{e:#}")))?,
+            },
+            Source::Git => {}
         }
         Ok(serde_json::to_value(p).expect("params serialize"))
     }
@@ -86,6 +101,8 @@ impl Stage for Collect {
                     },
                 }])
             }
+            // Every response is recorded as an observation; `epoch` names a fresh crawl.
+            Source::Github => Ok(Vec::new()),
         }
     }
 
@@ -104,6 +121,20 @@ impl Stage for Collect {
                 ctx.metric("commits", stats.commits as f64);
                 ctx.metric("merge_prs", stats.merge_prs as f64);
                 ctx.metric("squash_prs", stats.squash_prs as f64);
+            }
+            Source::Github => {
+                let g = p.github.expect("checked");
+                let stats = github::collect(ctx, &g, &mut push)?;
+                ctx.metric("records", stats.prs as f64);
+                ctx.metric("http.requests", stats.requests as f64);
+                ctx.metric("http.from_recordings", stats.from_cache as f64);
+                ctx.metric("http.retries", stats.retries as f64);
+                ctx.metric("http.rate_limit_waits", stats.rate_limit_waits as f64);
+                ctx.metric("http.not_modified", stats.not_modified as f64);
+                ctx.metric("skipped", stats.skipped.len() as f64);
+                for (url, reason) in &stats.skipped {
+                    tracing::warn!("skipped {url}: {reason}");
+                }
             }
         }
         shard.finish(ctx, "prs")?;
