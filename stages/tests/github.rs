@@ -1019,3 +1019,62 @@ fn revalidation_sends_if_none_match_and_keeps_what_304_confirms() {
     drop(ledger);
     assert_token_absent(&dir.path().join("ledger"));
 }
+
+/// The `collect` stage driven by an experiment config (`source = "github"`), feeding `filter`.
+#[test]
+fn the_collect_stage_crawls_github_from_a_config() {
+    use ledger::config::Experiment;
+    use ledger::runner::{run as run_experiment, RunOptions};
+    let (dir, mut ledger) = new_ledger();
+    let mock = MockGithub::start(World::standard(), Some(TOKEN));
+    let config = format!(
+        r#"
+[[stage]]
+id = "prs"
+uses = "collect"
+source = "github"
+
+[stage.github]
+base_url = "{}"
+site = "mock"
+repos = ["acme/widgets"]
+per_page = 2
+token_env = "{TOKEN_ENV}"
+
+[[stage]]
+id = "python"
+uses = "filter"
+inputs = {{ prs = "prs.prs" }}
+"#,
+        mock.base_url()
+    );
+    let path = dir.path().join("crawl.toml");
+    std::fs::write(&path, config).unwrap();
+    let registry = stages::registry();
+    let experiment = Experiment::load(&path, &registry).unwrap();
+    let opts = RunOptions { progress: false };
+    let report = run_experiment(&mut ledger, &registry, &experiment, &opts).unwrap();
+    let metric = |step: usize, name: &str| {
+        report.steps[step]
+            .metrics
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no metric {name}"))
+    };
+    let collected = metric(0, "records");
+    assert!(collected >= 2.0, "{:?}", report.steps[0].metrics);
+    assert_eq!(metric(0, "http.requests"), mock.requests().len() as f64);
+    assert_eq!(metric(1, "records.in"), collected);
+    assert!(
+        metric(1, "dropped.bot_author") >= 1.0,
+        "{:?}",
+        report.steps[1].metrics
+    );
+    assert_token_absent(dir.path());
+
+    // A second run of the same config is a cache hit: nothing is sent.
+    let before = mock.requests().len();
+    run_experiment(&mut ledger, &registry, &experiment, &opts).unwrap();
+    assert_eq!(mock.requests().len(), before);
+}
