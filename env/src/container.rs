@@ -298,7 +298,11 @@ impl Container {
             tty: Some(false),
             cmd: Some(argv),
             user: Some(user.clone()),
-            working_dir: Some(req.workdir.clone().unwrap_or_else(|| self.spec.workdir.clone())),
+            working_dir: Some(
+                req.workdir
+                    .clone()
+                    .unwrap_or_else(|| self.spec.workdir.clone()),
+            ),
             env: Some(env),
             ..Default::default()
         };
@@ -308,7 +312,10 @@ impl Container {
         let hard_limit = limit + Duration::from_secs(15);
         let t0 = Instant::now();
         let raw = self.engine.block_on(async move {
-            let created = docker.create_exec(&id, config).await.map_err(Failure::Docker)?;
+            let created = docker
+                .create_exec(&id, config)
+                .await
+                .map_err(Failure::Docker)?;
             let started = docker
                 .start_exec(&created.id, None)
                 .await
@@ -410,7 +417,8 @@ impl Container {
             bail!("{what}: the exec ended without an exit code");
         };
         // `timeout` exits 124 (TERM) or 137 (KILL after the grace period).
-        let timed_out = (code == 124 || code == 137) && elapsed + Duration::from_millis(50) >= limit;
+        let timed_out =
+            (code == 124 || code == 137) && elapsed + Duration::from_millis(50) >= limit;
         Ok(ExecOutput {
             exit_code: code,
             stdout: String::from_utf8_lossy(&raw.out).into_owned(),
@@ -476,7 +484,10 @@ impl Container {
             ..Default::default()
         })?;
         if mk.exit_code != 0 {
-            bail!("write_file: cannot create {parent}: {}", mk.combined().trim());
+            bail!(
+                "write_file: cannot create {parent}: {}",
+                mk.combined().trim()
+            );
         }
         let (uid, gid) = self.uid_gid();
         let mut b = tar::Builder::new(Vec::new());
@@ -584,7 +595,7 @@ impl Container {
             tar::EntryType::Directory => bail!("{path} is a directory"),
             t => bail!("{path} is not a regular file ({t:?})"),
         }
-        let mode = entry.header().mode()?;
+        let mode = entry.header().mode()? & 0o7777;
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut entry, &mut bytes)?;
         Ok(Some((bytes, mode)))
@@ -766,11 +777,9 @@ pub fn install_signal_cleanup(engine: &Engine) -> anyhow::Result<()> {
         };
         let live: Vec<(String, Engine)> = registry_lock().drain().collect();
         for (id, engine) in &live {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(20),
-                remove_async(engine.docker(), id),
-            )
-            .await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(20), remove_async(engine.docker(), id))
+                    .await;
         }
         eprintln!("interrupted: removed {} container(s)", live.len());
         std::process::exit(code);

@@ -59,6 +59,15 @@ pub fn socket_path() -> Result<String, EngineError> {
     }
 }
 
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("socket", &self.inner.socket)
+            .field("api_version", &self.inner.api_version)
+            .finish()
+    }
+}
+
 impl Engine {
     /// Connects to the local engine (see `socket_path`).
     pub fn connect() -> anyhow::Result<Engine> {
@@ -78,12 +87,9 @@ impl Engine {
             socket: socket.to_string(),
             reason,
         };
-        let docker = Docker::connect_with_unix(
-            socket,
-            CLIENT_TIMEOUT_SECS,
-            bollard::API_DEFAULT_VERSION,
-        )
-        .map_err(|e| unavailable(e.to_string()))?;
+        let docker =
+            Docker::connect_with_unix(socket, CLIENT_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+                .map_err(|e| unavailable(e.to_string()))?;
         let docker = rt
             .block_on(async {
                 tokio::time::timeout(Duration::from_secs(15), docker.negotiate_version()).await

@@ -248,7 +248,15 @@ fn customise(spec: &BaseImageSpec, root: &Path) -> anyhow::Result<()> {
         chroot(&["groupadd", "-g", &uid, &spec.user], "groupadd")?;
         chroot(
             &[
-                "useradd", "-m", "-u", &uid, "-g", &uid, "-s", "/bin/bash", &spec.user,
+                "useradd",
+                "-m",
+                "-u",
+                &uid,
+                "-g",
+                &uid,
+                "-s",
+                "/bin/bash",
+                &spec.user,
             ],
             "useradd",
         )?;
@@ -384,8 +392,7 @@ pub fn import_tarball(engine: &Engine, tar: &Path, repo: &str, tag: &str) -> any
 /// The file as a stream of 1 MiB chunks, read on a blocking thread.
 fn file_stream(
     file: std::fs::File,
-) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static
-{
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
     let reader = std::io::BufReader::with_capacity(1 << 20, file);
     futures_util::stream::unfold(Some(reader), |state| async move {
         let mut reader = state?;
@@ -426,7 +433,11 @@ impl CacheLock {
             .with_context(|| format!("opening {}", path.display()))?;
         // SAFETY: a valid open descriptor.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            bail!("locking {}: {}", path.display(), std::io::Error::last_os_error());
+            bail!(
+                "locking {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
         }
         Ok(CacheLock(f))
     }

@@ -4,10 +4,19 @@ use env::image::BuildOutcome;
 
 #[test]
 fn base_image_builds_once_and_is_cached() {
-    let Some(engine) = common::engine() else { return };
-    assert!(engine.api_version().starts_with("1."), "{}", engine.api_version());
+    let Some(engine) = common::engine() else {
+        return;
+    };
+    assert!(
+        engine.api_version().starts_with("1."),
+        "{}",
+        engine.api_version()
+    );
     let (first, _) = common::base_image(&engine);
-    assert_eq!(first.tag, format!("davinci-env-base:{}", first.rootfs_blake3));
+    assert_eq!(
+        first.tag,
+        format!("davinci-env-base:{}", first.rootfs_blake3)
+    );
     assert_eq!(first.rootfs_blake3.len(), 64);
     for p in ["python3", "python3-pytest", "python3-pip", "git"] {
         assert!(
@@ -20,7 +29,11 @@ fn base_image_builds_once_and_is_cached() {
     let (second, outcome) = common::base_image(&engine);
     assert_eq!(outcome, BuildOutcome::Cached);
     assert_eq!(second, first);
-    assert!(t.elapsed().as_secs() < 10, "cached lookup took {:?}", t.elapsed());
+    assert!(
+        t.elapsed().as_secs() < 10,
+        "cached lookup took {:?}",
+        t.elapsed()
+    );
     // The manifest (the ledger artifact's bytes) is stable and engine-independent.
     let m = first.manifest_json();
     assert_eq!(m, second.manifest_json());

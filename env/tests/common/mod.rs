@@ -14,7 +14,9 @@ pub fn engine() -> Option<Engine> {
         return Some(Engine::connect().expect("`docker info` answers but bollard cannot connect"));
     }
     if std::env::var_os("LEDGER_REQUIRE_DOCKER").is_none() {
-        eprintln!("SKIPPED: no Docker engine (`docker info` fails) and LEDGER_REQUIRE_DOCKER is unset");
+        eprintln!(
+            "SKIPPED: no Docker engine (`docker info` fails) and LEDGER_REQUIRE_DOCKER is unset"
+        );
         return None;
     }
     Some(
