@@ -120,12 +120,13 @@ pub fn show(ctx: &Context, what: &str, json: bool) -> Result<ExitCode> {
     println!("artifact   {}", info.hash);
     println!("size       {} ({} bytes)", human_size(info.size), info.size);
     println!("media type {}", info.media_type);
-    let state = if info.stored {
-        "stored"
-    } else if info.collected {
-        "collected by gc (replay rebuilds it)"
-    } else {
-        "MISSING from the store"
+    let rebuildable = matches!(info.provenance, Provenance::Output { .. });
+    let state = match (info.stored, info.collected, rebuildable) {
+        (true, _, _) => "stored",
+        (false, true, true) => "collected by gc (`ledger replay` rebuilds it)",
+        (false, true, false) => "collected by gc (a source: `ledger add` it again to restore it)",
+        (false, false, true) => "MISSING from the store (`ledger replay` rebuilds it)",
+        (false, false, false) => "MISSING from the store",
     };
     println!("bytes      {state}");
     if !info.tags.is_empty() {
@@ -191,8 +192,21 @@ pub fn log(ctx: &Context, limit: Option<usize>, json: bool) -> Result<ExitCode> 
     let skip = limit.map_or(0, |n| total.saturating_sub(n as u64));
     let mut out = std::io::stdout().lock();
     let mut items = Vec::new();
+    let mut damaged = 0;
     for frame in ledger.scan()? {
-        let Frame::Good(stored) = frame? else { break };
+        let stored = match frame? {
+            Frame::Good(stored) => stored,
+            Frame::Torn { .. } => break,
+            // Show what is readable, but never hide damage.
+            Frame::Damaged { offset, reason, .. } => {
+                damaged += 1;
+                eprintln!(
+                    "warning: {}: damaged record at byte {offset} ({reason}) is not shown; run `ledger verify`",
+                    ledger.log_path().display()
+                );
+                continue;
+            }
+        };
         if stored.event.seq < skip {
             continue;
         }
@@ -206,7 +220,11 @@ pub fn log(ctx: &Context, limit: Option<usize>, json: bool) -> Result<ExitCode> 
         drop(out);
         print_json(&items)?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if damaged == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn event_json(e: &Event) -> serde_json::Value {
@@ -341,12 +359,14 @@ pub fn run(ctx: &Context, config: &Path, progress: bool, json: bool) -> Result<E
         for (name, hash) in &step.outputs {
             println!("      {name} = {hash}");
         }
-        if !step.metrics.is_empty() {
-            let m: Vec<String> = step
-                .metrics
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+        // Zero counters are left out here; `ledger show` and `--json` list every metric.
+        let m: Vec<String> = step
+            .metrics
+            .iter()
+            .filter(|(_, v)| *v != 0.0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if !m.is_empty() {
             println!("      {}", m.join("  "));
         }
     }

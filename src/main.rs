@@ -137,6 +137,11 @@ pub enum Format {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when a reader closes the pipe (`ledger log | head`).
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     commands::init_logging(cli.verbose);
     let ctx = commands::Context {

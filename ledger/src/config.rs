@@ -124,7 +124,9 @@ pub struct Node {
     /// Canonical parameters, defaults filled in.
     pub config: serde_json::Value,
     pub inputs: BTreeMap<String, InputRef>,
+    /// Line of the stage's first key, and of its `inputs` key (for error messages).
     pub line: usize,
+    pub inputs_line: usize,
 }
 
 /// Where a stage input comes from.
@@ -170,11 +172,21 @@ impl Experiment {
             key: key.map(str::to_string),
             message,
         };
-        let raw: RawConfig = toml::from_str(&source).map_err(|e| {
+        let document = toml::Deserializer::parse(&source).map_err(|e| {
             err(
                 e.span().map(|s| line_of(s.start)),
                 None,
                 e.message().to_string(),
+            )
+        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(document).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let key = (path != "." && !path.is_empty()).then_some(path);
+            err(
+                inner.span().map(|s| line_of(s.start)),
+                key.as_deref(),
+                inner.message().to_string(),
             )
         })?;
         let experiment = raw.experiment.unwrap_or(RawExperiment {
@@ -340,6 +352,7 @@ impl Experiment {
                 config,
                 inputs,
                 line: first_line,
+                inputs_line: key_line("inputs").unwrap_or(first_line),
             });
         }
 
@@ -352,7 +365,7 @@ impl Experiment {
                 let key = format!("inputs.{input}");
                 let Some(producer) = nodes.iter().find(|n| &n.id == from) else {
                     return Err(err(
-                        Some(node.line),
+                        Some(node.inputs_line),
                         Some(&key),
                         format!(
                             "stage `{}` reads `{from}.{output}`, but no stage has id `{from}`",
@@ -363,7 +376,7 @@ impl Experiment {
                 let outputs = registry.get(&producer.stage).expect("checked").outputs();
                 if !outputs.contains(&output.as_str()) {
                     return Err(err(
-                        Some(node.line),
+                        Some(node.inputs_line),
                         Some(&key),
                         format!(
                             "stage `{from}` ({}) has no output `{output}`; its outputs: {}",
@@ -375,10 +388,14 @@ impl Experiment {
             }
         }
 
+        let inputs_lines: HashMap<String, usize> = nodes
+            .iter()
+            .map(|n| (n.id.clone(), n.inputs_line))
+            .collect();
         let nodes = topological_order(nodes).map_err(|cycle| {
             err(
-                None,
-                None,
+                inputs_lines.get(&cycle[0]).copied(),
+                Some("inputs"),
                 format!("the stages form a cycle: {}", cycle.join(" -> ")),
             )
         })?;

@@ -82,6 +82,9 @@ pub struct Scanner {
     pos: u64,
     expect_seq: u64,
     expect_prev: Hash,
+    /// After a frame that failed its checksum, the id its successor may name instead of
+    /// `expect_prev` (the damage may be in the stored checksum rather than the payload).
+    alt_prev: Option<Hash>,
     done: bool,
 }
 
@@ -112,6 +115,7 @@ impl Scanner {
             pos: from.end,
             expect_seq: from.next_seq,
             expect_prev: from.last_id,
+            alt_prev: None,
             done: false,
         })
     }
@@ -175,7 +179,13 @@ impl Scanner {
         self.pos += frame_len;
         let (payload, sum) = body.split_at(len as usize);
         let id = Hash::of(payload);
+        let alt_prev = self.alt_prev.take();
         if id.0[..] != sum[..] {
+            // Resynchronise: the stored checksum is the original id of this event (unless the
+            // damage is in the checksum itself, in which case the payload's hash is).
+            self.expect_seq += 1;
+            self.expect_prev = Hash(sum.try_into().expect("32 bytes"));
+            self.alt_prev = Some(id);
             return Ok(Some(Frame::Damaged {
                 offset,
                 reason: "checksum mismatch".into(),
@@ -192,6 +202,9 @@ impl Scanner {
                 }))
             }
         };
+        if alt_prev == Some(event.prev) {
+            self.expect_prev = event.prev;
+        }
         if event.seq != self.expect_seq || event.prev != self.expect_prev {
             let reason = format!(
                 "hash chain broken: expected event #{} after {}, found event #{} after {}",

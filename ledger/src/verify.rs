@@ -201,6 +201,17 @@ pub fn verify(ledger: &Ledger, progress: &ProgressBar) -> Result<VerifyReport> {
         });
     }
 
+    // An input whose introducing event is gone (damaged) has lost its provenance.
+    for (inputs, _) in &facts.derivations {
+        for input in inputs {
+            if !facts.introduced.contains_key(input) {
+                damaged
+                    .entry(*input)
+                    .or_insert_with(|| "the event that recorded it is damaged".into());
+            }
+        }
+    }
+
     // 4. Propagate damage down the derivations (the log is in topological order).
     let mut downstream = BTreeMap::new();
     let mut tainted: HashMap<Hash, Hash> = damaged.keys().map(|h| (*h, *h)).collect();

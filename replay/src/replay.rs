@@ -213,11 +213,21 @@ fn reexecute(
             stage.version()
         );
     }
+    // An audit re-executes from verified inputs only: a damaged input is named as such
+    // rather than blamed on the step.
     for (name, input) in &run.inputs {
         if !ledger.store().contains(input) {
             bail!(
                 "input `{name}` ({}) of step #{seq} is not in the store",
                 input.short()
+            );
+        }
+        let (actual, _) = ledger.store().rehash(input)?;
+        if actual != *input {
+            bail!(
+                "input `{name}` ({}) of step #{seq} is damaged: its bytes hash to {}; run `ledger verify`",
+                input.short(),
+                actual.short()
             );
         }
     }

@@ -4,6 +4,7 @@ pub mod collect;
 pub mod filter;
 pub mod ingest;
 pub mod pack;
+pub mod reconstruct;
 pub mod record;
 pub mod shard;
 pub mod tokenize;
@@ -17,6 +18,7 @@ pub fn registry() -> Registry {
     r.register(Box::new(filter::Filter));
     r.register(Box::new(ingest::Ingest));
     r.register(Box::new(pack::Pack));
+    r.register(Box::new(reconstruct::Reconstruct));
     r.register(Box::new(tokenize::Tokenize));
     r
 }

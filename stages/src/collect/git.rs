@@ -575,7 +575,7 @@ mod tests {
     fn hunks_have_no_header_and_mark_missing_newline() {
         let p = unified_hunks("a\nb\nc\n", "a\nB\nc");
         assert!(p.starts_with("@@ -1,3 +1,3 @@\n"), "{p}");
-        assert!(p.contains("-b\n+B\n"), "{p}");
+        assert!(p.contains("-b\n-c\n+B\n+c\n"), "{p}");
         assert!(p.contains("\\ No newline at end of file"), "{p}");
         assert_eq!(count_lines(&p), (2, 2));
     }
