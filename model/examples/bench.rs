@@ -52,7 +52,9 @@ fn main() -> anyhow::Result<()> {
     let mut rng = Rng::new(2);
     let examples: Vec<Example> = (0..batch * (steps + 1))
         .map(|_| Example {
-            tokens: (0..seq).map(|_| rng.below(c.vocab_size as u64) as u32).collect(),
+            tokens: (0..seq)
+                .map(|_| rng.below(c.vocab_size as u64) as u32)
+                .collect(),
             mask: vec![1.0; seq],
         })
         .collect();
@@ -84,7 +86,9 @@ fn main() -> anyhow::Result<()> {
     let train_s = t0.elapsed().as_secs_f64();
     let train_tps = (steps * batch * (seq - 1)) as f64 / train_s;
 
-    let prompt: Vec<u32> = (0..16).map(|i| (i * 7 + 3) as u32 % c.vocab_size as u32).collect();
+    let prompt: Vec<u32> = (0..16)
+        .map(|i| (i * 7 + 3) as u32 % c.vocab_size as u32)
+        .collect();
     let t1 = Instant::now();
     let out = generate(&model, &prompt, gen, &Sampling::Greedy, &[], true)?;
     let gen_s = t1.elapsed().as_secs_f64();
@@ -92,7 +96,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(i) = args.iter().position(|a| a == "--save") {
         let dir = std::path::PathBuf::from(&args[i + 1]);
         model.save_dir(&dir)?;
-        let ids: Vec<u32> = (0..32).map(|i| (i * 31 + 5) as u32 % c.vocab_size as u32).collect();
+        let ids: Vec<u32> = (0..32)
+            .map(|i| (i * 31 + 5) as u32 % c.vocab_size as u32)
+            .collect();
         let logits = model
             .forward(&Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?, None)?
             .squeeze(0)?

@@ -100,9 +100,12 @@ fn render_tool_call(call: &ToolCall) -> Result<String> {
         serde_json::Value::Null => serde_json::json!({}),
         v => v.clone(),
     };
-    let obj = args
-        .as_object()
-        .with_context(|| format!("tool call `{}`: arguments are not an object", call.function.name))?;
+    let obj = args.as_object().with_context(|| {
+        format!(
+            "tool call `{}`: arguments are not an object",
+            call.function.name
+        )
+    })?;
     let mut keys: Vec<&String> = obj.keys().collect();
     keys.sort();
     let mut s = format!("<function={}>\n", call.function.name);
@@ -140,7 +143,11 @@ pub fn render_segments(messages: &[Message]) -> Result<Vec<Segment>> {
             push(&mut out, body, true);
             push(&mut out, "\n".into(), false);
         } else {
-            push(&mut out, format!("{IM_START}{}\n{content}{IM_END}\n", m.role), false);
+            push(
+                &mut out,
+                format!("{IM_START}{}\n{content}{IM_END}\n", m.role),
+                false,
+            );
         }
     }
     Ok(out)

@@ -86,10 +86,10 @@ impl Qwen2 {
             vec![single]
         } else {
             let index_path = dir.join("model.safetensors.index.json");
-            let index: serde_json::Value = serde_json::from_slice(
-                &std::fs::read(&index_path)
-                    .with_context(|| format!("no model.safetensors or index in {}", dir.display()))?,
-            )?;
+            let index: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&index_path).with_context(|| {
+                    format!("no model.safetensors or index in {}", dir.display())
+                })?)?;
             let map = index["weight_map"]
                 .as_object()
                 .context("model.safetensors.index.json has no weight_map")?;

@@ -108,24 +108,29 @@ impl Qwen2Config {
         if self.vocab_size == 0 || self.hidden_size == 0 || self.num_hidden_layers == 0 {
             return fail("vocab_size, hidden_size and num_hidden_layers must be positive".into());
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return fail(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return fail(format!("head_dim {} must be even (RoPE)", self.head_dim()));
         }
         let kv = self.kv_heads();
-        if kv == 0 || self.num_attention_heads % kv != 0 {
+        if kv == 0 || !self.num_attention_heads.is_multiple_of(kv) {
             return fail(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {kv}",
                 self.num_attention_heads
             ));
         }
         if self.hidden_act != "silu" {
-            return fail(format!("hidden_act `{}` is not supported (silu only)", self.hidden_act));
+            return fail(format!(
+                "hidden_act `{}` is not supported (silu only)",
+                self.hidden_act
+            ));
         }
         if self.use_sliding_window {
             return fail("use_sliding_window is not supported".into());

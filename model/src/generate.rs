@@ -9,7 +9,11 @@ use candle_core::{Tensor, D};
 pub enum Sampling {
     Greedy,
     /// Temperature and nucleus sampling from our own seeded RNG.
-    Sample { temperature: f64, top_p: f64, seed: u64 },
+    Sample {
+        temperature: f64,
+        top_p: f64,
+        seed: u64,
+    },
 }
 
 /// Generates up to `max_new` tokens after `prompt`, stopping after any token in `stop`.
@@ -35,14 +39,21 @@ pub fn generate(
     let mut out = Vec::new();
     for i in 0..max_new {
         let logits = if use_cache {
-            let feed: &[u32] = if i == 0 { prompt } else { &all[all.len() - 1..] };
+            let feed: &[u32] = if i == 0 {
+                prompt
+            } else {
+                &all[all.len() - 1..]
+            };
             let ids = Tensor::new(feed, model.device())?.unsqueeze(0)?;
             model.forward(&ids, Some(&mut cache))?
         } else {
             let ids = Tensor::new(all.as_slice(), model.device())?.unsqueeze(0)?;
             model.forward(&ids, None)?
         };
-        let last = logits.squeeze(0)?.narrow(0, logits.dim(1)? - 1, 1)?.squeeze(0)?;
+        let last = logits
+            .squeeze(0)?
+            .narrow(0, logits.dim(1)? - 1, 1)?
+            .squeeze(0)?;
         let next = pick(&last, sampling, rng.as_mut())?;
         all.push(next);
         out.push(next);
@@ -56,7 +67,12 @@ pub fn generate(
 fn pick(logits: &Tensor, sampling: &Sampling, rng: Option<&mut Rng>) -> Result<u32> {
     let values = logits.detach().to_vec1::<f32>()?;
     match (sampling, rng) {
-        (Sampling::Sample { temperature, top_p, .. }, Some(rng)) if *temperature > 0.0 => {
+        (
+            Sampling::Sample {
+                temperature, top_p, ..
+            },
+            Some(rng),
+        ) if *temperature > 0.0 => {
             let scaled = (logits.detach() / *temperature)?;
             let probs = candle_nn::ops::softmax(&scaled, D::Minus1)?.to_vec1::<f32>()?;
             let mut order: Vec<usize> = (0..probs.len()).collect();

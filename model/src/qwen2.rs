@@ -81,7 +81,9 @@ impl Qwen2 {
         let mut problems = Vec::new();
         for (name, shape) in config.parameter_shapes() {
             match tensors.remove(&name) {
-                None => problems.push(format!("missing tensor `{name}` (expected shape {shape:?})")),
+                None => problems.push(format!(
+                    "missing tensor `{name}` (expected shape {shape:?})"
+                )),
                 Some(t) if t.dims() != shape.as_slice() => problems.push(format!(
                     "tensor `{name}` has shape {:?}, the config implies {shape:?}",
                     t.dims()
@@ -164,23 +166,41 @@ impl Qwen2 {
     pub fn forward(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let c = &self.config;
-        let (h, nh, nkv, hd) = (c.hidden_size, c.num_attention_heads, c.kv_heads(), c.head_dim());
+        let (h, nh, nkv, hd) = (
+            c.hidden_size,
+            c.num_attention_heads,
+            c.kv_heads(),
+            c.head_dim(),
+        );
         let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         if let Some(cache) = cache.as_mut() {
             cache.layers.resize(c.num_hidden_layers, None);
         }
         let vocab = c.vocab_size as u32;
-        if let Some(bad) = ids.flatten_all()?.to_vec1::<u32>()?.into_iter().find(|&i| i >= vocab) {
+        if let Some(bad) = ids
+            .flatten_all()?
+            .to_vec1::<u32>()?
+            .into_iter()
+            .find(|&i| i >= vocab)
+        {
             bail!("token id {bad} is outside the model's vocabulary ({vocab})");
         }
         let embed = self.p("model.embed_tokens.weight")?;
-        let mut x = embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, h))?;
+        let mut x = embed
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, h))?;
         let (cos, sin) = self.rope(offset, t)?;
         let total = offset + t;
         let mask = if t > 1 {
             let m: Vec<f32> = (0..t)
                 .flat_map(|i| {
-                    (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 })
+                    (0..total).map(move |j| {
+                        if j > offset + i {
+                            f32::NEG_INFINITY
+                        } else {
+                            0.0
+                        }
+                    })
                 })
                 .collect();
             Some(Tensor::from_vec(m, (t, total), &self.device)?)
@@ -192,9 +212,21 @@ impl Qwen2 {
             let pre = format!("model.layers.{l}");
             let w = |n: &str| self.p(&format!("{pre}.{n}"));
             let hs = rms_norm(&x, w("input_layernorm.weight")?, c.rms_norm_eps)?;
-            let q = linear(&hs, w("self_attn.q_proj.weight")?, Some(w("self_attn.q_proj.bias")?))?;
-            let k = linear(&hs, w("self_attn.k_proj.weight")?, Some(w("self_attn.k_proj.bias")?))?;
-            let v = linear(&hs, w("self_attn.v_proj.weight")?, Some(w("self_attn.v_proj.bias")?))?;
+            let q = linear(
+                &hs,
+                w("self_attn.q_proj.weight")?,
+                Some(w("self_attn.q_proj.bias")?),
+            )?;
+            let k = linear(
+                &hs,
+                w("self_attn.k_proj.weight")?,
+                Some(w("self_attn.k_proj.bias")?),
+            )?;
+            let v = linear(
+                &hs,
+                w("self_attn.v_proj.weight")?,
+                Some(w("self_attn.v_proj.bias")?),
+            )?;
             let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
             let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
             let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
@@ -251,7 +283,10 @@ impl Qwen2 {
 
 fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::Result<Tensor> {
     let dims = x.dims().to_vec();
-    let (rows, inner) = (dims[..dims.len() - 1].iter().product::<usize>(), dims[dims.len() - 1]);
+    let (rows, inner) = (
+        dims[..dims.len() - 1].iter().product::<usize>(),
+        dims[dims.len() - 1],
+    );
     let out = w.dim(0)?;
     let y = x.reshape((rows, inner))?.matmul(&w.t()?)?;
     let y = match b {

@@ -137,13 +137,20 @@ impl AdamW {
     }
 
     /// Applies one update with the given (already clipped) gradients.
-    pub fn update(&mut self, model: &Qwen2, grads: &BTreeMap<String, Tensor>, lr: f64) -> Result<()> {
+    pub fn update(
+        &mut self,
+        model: &Qwen2,
+        grads: &BTreeMap<String, Tensor>,
+        lr: f64,
+    ) -> Result<()> {
         self.step += 1;
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let bc1 = 1.0 - b1.powi(self.step as i32);
         let bc2 = 1.0 - b2.powi(self.step as i32);
         for (name, var) in model.params() {
-            let g = grads.get(name).with_context(|| format!("no gradient for `{name}`"))?;
+            let g = grads
+                .get(name)
+                .with_context(|| format!("no gradient for `{name}`"))?;
             let m = self.m.get_mut(name).context("optimizer state")?;
             let v = self.v.get_mut(name).context("optimizer state")?;
             *m = ((&*m * b1)? + (g * (1.0 - b1))?)?;

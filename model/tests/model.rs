@@ -66,15 +66,28 @@ fn run(steps: usize) -> (Vec<u8>, Vec<u8>, Vec<f64>) {
         Ok(())
     })
     .unwrap();
-    (m.to_safetensors().unwrap(), opt.to_safetensors().unwrap(), losses)
+    (
+        m.to_safetensors().unwrap(),
+        opt.to_safetensors().unwrap(),
+        losses,
+    )
 }
 
 #[test]
 fn init_is_seeded_and_matches_config() {
     let dev = Device::Cpu;
-    let a = Qwen2::init(&cfg(), 1, &dev).unwrap().to_safetensors().unwrap();
-    let b = Qwen2::init(&cfg(), 1, &dev).unwrap().to_safetensors().unwrap();
-    let c = Qwen2::init(&cfg(), 2, &dev).unwrap().to_safetensors().unwrap();
+    let a = Qwen2::init(&cfg(), 1, &dev)
+        .unwrap()
+        .to_safetensors()
+        .unwrap();
+    let b = Qwen2::init(&cfg(), 1, &dev)
+        .unwrap()
+        .to_safetensors()
+        .unwrap();
+    let c = Qwen2::init(&cfg(), 2, &dev)
+        .unwrap()
+        .to_safetensors()
+        .unwrap();
     assert!(a == b);
     assert_ne!(a, c);
     let m = Qwen2::init(&cfg(), 1, &dev).unwrap();
@@ -128,21 +141,36 @@ fn heldout_loss_decreases() {
     };
     train(&m, &mut opt, &ex, &p, 0, usize::MAX, |_| Ok(())).unwrap();
     let after = evaluate(&m, &held, 8).unwrap();
-    assert!(before > 6.0, "random init should be near ln(512) = 6.24, got {before}");
+    assert!(
+        before > 6.0,
+        "random init should be near ln(512) = 6.24, got {before}"
+    );
     assert!(after < before - 1.0, "held-out loss {before} -> {after}");
 }
 
 #[test]
 fn shape_mismatch_and_corrupt_checkpoints_are_errors() {
     let dev = Device::Cpu;
-    let bytes = Qwen2::init(&cfg(), 1, &dev).unwrap().to_safetensors().unwrap();
+    let bytes = Qwen2::init(&cfg(), 1, &dev)
+        .unwrap()
+        .to_safetensors()
+        .unwrap();
     let mut bigger = cfg();
     bigger.hidden_size = 128;
-    let e = Qwen2::from_safetensors(&bigger, &bytes, &dev).err().unwrap().to_string();
-    assert!(e.contains("has shape") && e.contains("model.embed_tokens.weight"), "{e}");
+    let e = Qwen2::from_safetensors(&bigger, &bytes, &dev)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("has shape") && e.contains("model.embed_tokens.weight"),
+        "{e}"
+    );
     let mut untied = cfg();
     untied.tie_word_embeddings = false;
-    let e = Qwen2::from_safetensors(&untied, &bytes, &dev).err().unwrap().to_string();
+    let e = Qwen2::from_safetensors(&untied, &bytes, &dev)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("missing tensor `lm_head.weight`"), "{e}");
 
     let e = Qwen2::from_safetensors(&cfg(), &bytes[..bytes.len() / 2], &dev)

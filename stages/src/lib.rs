@@ -7,6 +7,7 @@ pub mod pack;
 pub mod record;
 pub mod shard;
 pub mod tokenize;
+pub mod train;
 
 use ledger::stage::Registry;
 
@@ -18,5 +19,7 @@ pub fn registry() -> Registry {
     r.register(Box::new(ingest::Ingest));
     r.register(Box::new(pack::Pack));
     r.register(Box::new(tokenize::Tokenize));
+    r.register(Box::new(train::midtrain::Midtrain));
+    r.register(Box::new(train::sft::Sft));
     r
 }
