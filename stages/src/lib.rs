@@ -8,6 +8,7 @@ pub mod reconstruct;
 pub mod record;
 pub mod shard;
 pub mod tokenize;
+pub mod train;
 
 use ledger::stage::Registry;
 
@@ -20,5 +21,7 @@ pub fn registry() -> Registry {
     r.register(Box::new(pack::Pack));
     r.register(Box::new(reconstruct::Reconstruct));
     r.register(Box::new(tokenize::Tokenize));
+    r.register(Box::new(train::midtrain::Midtrain));
+    r.register(Box::new(train::sft::Sft));
     r
 }
