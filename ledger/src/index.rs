@@ -288,22 +288,31 @@ impl Index {
         Ok(self.runs.scan_prefix(hash.as_bytes()).next().is_some())
     }
 
-    /// Every entry of every tree, for comparing two indexes of the same log.
-    pub fn dump(&self) -> Result<Vec<(&'static str, TreeDump)>> {
+    /// The trees whose entries differ from `other`'s, with both entry counts. Streams both
+    /// sides in key order, so memory stays flat however large the index.
+    pub fn differences(&self, other: &Index) -> Result<Vec<(&'static str, usize, usize)>> {
         let mut out = Vec::new();
-        for (name, tree) in TREES.iter().zip(self.trees()) {
-            let entries = tree
-                .iter()
-                .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
-                .collect::<Result<Vec<_>, _>>()?;
-            out.push((*name, entries));
+        for ((name, ours), theirs) in TREES.iter().zip(self.trees()).zip(other.trees()) {
+            let mut a = ours.iter();
+            let mut b = theirs.iter();
+            let mut same = true;
+            loop {
+                match (a.next().transpose()?, b.next().transpose()?) {
+                    (None, None) => break,
+                    (Some(x), Some(y)) if x == y => {}
+                    _ => {
+                        same = false;
+                        break;
+                    }
+                }
+            }
+            if !same {
+                out.push((*name, ours.len(), theirs.len()));
+            }
         }
         Ok(out)
     }
 }
-
-/// Every (key, value) of one tree.
-pub type TreeDump = Vec<(Vec<u8>, Vec<u8>)>;
 
 fn cat(hash: &Hash, seq: &[u8; 8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(40);

@@ -75,8 +75,8 @@ impl BlobStore {
 
     /// Streams `input` into the store. `what` names the input in error messages.
     pub fn ingest(&self, input: &mut dyn Read, what: &str) -> Result<(Hash, u64)> {
-        let mut tmp = self.temp_file()?;
-        let (hash, size) = hash_and_copy(input, tmp.as_file_mut(), what)?;
+        let tmp = self.temp_file()?;
+        let (hash, size) = hash_and_copy(input, &mut Writeback::new(tmp.as_file()), what)?;
         if self.contains(&hash) {
             return Ok((hash, size));
         }
@@ -206,6 +206,71 @@ impl BlobWriter {
             self.store.commit(self.tmp, hash)?;
         }
         Ok((hash, self.size))
+    }
+}
+
+/// Writes to a file while asking the kernel to start writeback of each finished 8 MiB window,
+/// so the final fsync has little left to do (measured: it removes most of the fsync's cost on
+/// a 1 GiB ingest). Waiting on the window two behind caps the dirty data at about 24 MiB.
+struct Writeback<'a> {
+    file: &'a File,
+    written: u64,
+    submitted: u64,
+}
+
+const WRITEBACK_WINDOW: u64 = 8 << 20;
+
+impl<'a> Writeback<'a> {
+    fn new(file: &'a File) -> Self {
+        Writeback {
+            file,
+            written: 0,
+            submitted: 0,
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn start_writeback(&mut self) {
+        use std::os::unix::io::AsRawFd;
+        while self.written - self.submitted >= WRITEBACK_WINDOW {
+            let fd = self.file.as_raw_fd();
+            // SAFETY: plain syscalls on a file descriptor we own; failures only cost speed.
+            unsafe {
+                libc::sync_file_range(
+                    fd,
+                    self.submitted as libc::off64_t,
+                    WRITEBACK_WINDOW as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+                if self.submitted >= 2 * WRITEBACK_WINDOW {
+                    libc::sync_file_range(
+                        fd,
+                        (self.submitted - 2 * WRITEBACK_WINDOW) as libc::off64_t,
+                        WRITEBACK_WINDOW as libc::off64_t,
+                        libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                            | libc::SYNC_FILE_RANGE_WRITE
+                            | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                    );
+                }
+            }
+            self.submitted += WRITEBACK_WINDOW;
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn start_writeback(&mut self) {}
+}
+
+impl Write for Writeback<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = (&*self.file).write(buf)?;
+        self.written += n as u64;
+        self.start_writeback();
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (&*self.file).flush()
     }
 }
 

@@ -141,20 +141,14 @@ pub fn verify(ledger: &Ledger, progress: &ProgressBar) -> Result<VerifyReport> {
         });
     } else if !chain_broken {
         progress.set_message("checking the index");
-        let ours = ledger.index().dump()?;
-        let theirs = rebuilt.dump()?;
-        for ((tree, a), (_, b)) in ours.iter().zip(theirs.iter()) {
-            if a != b {
-                problems.push(Problem {
-                    kind: "index",
-                    subject: format!("index tree `{tree}`"),
-                    detail: format!(
-                        "{} entries, but the log implies {}; `ledger reindex` rebuilds it",
-                        a.len(),
-                        b.len()
-                    ),
-                });
-            }
+        for (tree, ours, theirs) in ledger.index().differences(&rebuilt)? {
+            problems.push(Problem {
+                kind: "index",
+                subject: format!("index tree `{tree}`"),
+                detail: format!(
+                    "{ours} entries that differ from the {theirs} the log implies; `ledger reindex` rebuilds it"
+                ),
+            });
         }
     }
 
