@@ -164,6 +164,22 @@ pub fn run(
         let started = Instant::now();
         let started_ms = now_ms();
 
+        let record = |outputs: Vec<Output>, metrics: Vec<(String, f64)>, status| StageRun {
+            run_id,
+            node: node.id.clone(),
+            stage: node.stage.clone(),
+            version: node.version,
+            action_key: key,
+            config: config.clone(),
+            seed: node.seed,
+            inputs: inputs.clone(),
+            outputs,
+            metrics,
+            env: env.clone(),
+            status,
+            started_ms,
+            ended_ms: now_ms(),
+        };
         let cached = cached_run(ledger, &key)?;
         let (outputs, metrics, status, outcome) = match cached {
             Some((source_seq, source)) => {
@@ -189,30 +205,18 @@ pub fn run(
                 );
                 let result = stage.execute(&mut ctx);
                 let (outputs, metrics) = ctx.finish();
-                if let Err(e) = result {
+                let checked = result
+                    .map_err(|e| stage_error(&node.id, &node.stage, &e))
+                    .and_then(|()| check_outputs(stage.outputs(), &outputs, &node.id));
+                if let Err(error) = checked {
                     bar.abandon_with_message("failed");
-                    let error = stage_error(&node.id, &node.stage, &e);
-                    ledger.append_one(EventKind::StageRun(StageRun {
-                        run_id,
-                        node: node.id.clone(),
-                        stage: node.stage.clone(),
-                        version: node.version,
-                        action_key: key,
-                        config,
-                        seed: node.seed,
-                        inputs,
-                        outputs: Vec::new(),
-                        metrics: Vec::new(),
-                        env: env.clone(),
-                        status: RunStatus::Failed {
-                            error: error.to_string(),
-                        },
-                        started_ms,
-                        ended_ms: now_ms(),
-                    }))?;
+                    let status = RunStatus::Failed {
+                        error: error.to_string(),
+                    };
+                    let failed = record(Vec::new(), Vec::new(), status);
+                    ledger.append_one(EventKind::StageRun(failed))?;
                     return Err(error);
                 }
-                check_outputs(stage.outputs(), &outputs, &node.id)?;
                 bar.finish_with_message("done");
                 (outputs, metrics, RunStatus::Succeeded, Outcome::Executed)
             }
@@ -220,22 +224,8 @@ pub fn run(
         for o in &outputs {
             produced.insert((node.id.clone(), o.name.clone()), o.hash);
         }
-        let stored = ledger.append_one(EventKind::StageRun(StageRun {
-            run_id,
-            node: node.id.clone(),
-            stage: node.stage.clone(),
-            version: node.version,
-            action_key: key,
-            config,
-            seed: node.seed,
-            inputs,
-            outputs: outputs.clone(),
-            metrics: metrics.clone(),
-            env: env.clone(),
-            status,
-            started_ms,
-            ended_ms: now_ms(),
-        }))?;
+        let succeeded = record(outputs.clone(), metrics.clone(), status);
+        let stored = ledger.append_one(EventKind::StageRun(succeeded))?;
         steps.push(StepReport {
             node: node.id.clone(),
             stage: node.stage.clone(),
