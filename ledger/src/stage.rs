@@ -257,7 +257,16 @@ impl<'a> StageContext<'a> {
         let recorded = self.ledger().index().observation(&request_hash)?;
         if let Some(seq) = recorded {
             if let crate::event::EventKind::Observation(o) = self.ledger().event(seq)?.event.kind {
-                return Ok(self.input_store().read(&o.response)?);
+                let response = self.input_store().read(&o.response)?;
+                // A recorded answer is only as good as its bytes.
+                if Hash::of(&response) != o.response {
+                    anyhow::bail!(
+                        "the recorded {} response {} (event #{seq}) is damaged: its bytes no longer match; run `ledger verify`",
+                        o.source,
+                        o.response.short()
+                    );
+                }
+                return Ok(response);
             }
         }
         match &mut self.mode {

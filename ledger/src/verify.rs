@@ -45,6 +45,9 @@ struct LogFacts {
     collected: HashSet<Hash>,
     /// successful (or cached) stage runs: inputs → outputs, in log order
     derivations: Vec<(Vec<Hash>, Vec<Hash>)>,
+    /// Responses recorded since the last stage run: a step appends the observations it makes
+    /// while it executes, just before its own event, so they count among its inputs.
+    observed: Vec<Hash>,
 }
 
 impl LogFacts {
@@ -57,15 +60,23 @@ impl LogFacts {
         };
         match &event.kind {
             EventKind::ArtifactAdded(a) => introduce(a.hash, self),
-            EventKind::RunStarted(r) => introduce(r.config, self),
-            EventKind::Observation(o) => introduce(o.response, self),
+            EventKind::RunStarted(r) => {
+                introduce(r.config, self);
+                self.observed.clear();
+            }
+            EventKind::Observation(o) => {
+                introduce(o.response, self);
+                self.observed.push(o.response);
+            }
             EventKind::StageRun(run) => {
+                let observed = std::mem::take(&mut self.observed);
                 if !matches!(run.status, RunStatus::Failed { .. }) {
                     for o in &run.outputs {
                         introduce(o.hash, self);
                     }
+                    let inputs = run.inputs.iter().map(|(_, h)| *h).chain(observed);
                     self.derivations.push((
-                        run.inputs.iter().map(|(_, h)| *h).collect(),
+                        inputs.collect(),
                         run.outputs.iter().map(|o| o.hash).collect(),
                     ));
                 }

@@ -1054,6 +1054,7 @@ inputs = {{ prs = "prs.prs" }}
     let experiment = Experiment::load(&path, &registry).unwrap();
     let opts = RunOptions { progress: false };
     let report = run_experiment(&mut ledger, &registry, &experiment, &opts).unwrap();
+    let report_first = report.clone();
     let metric = |step: usize, name: &str| {
         report.steps[step]
             .metrics
@@ -1077,4 +1078,42 @@ inputs = {{ prs = "prs.prs" }}
     let before = mock.requests().len();
     run_experiment(&mut ledger, &registry, &experiment, &opts).unwrap();
     assert_eq!(mock.requests().len(), before);
+
+    // Tamper with one recorded response: `verify` names it and every output built from it,
+    // through both stages.
+    let mut response = None;
+    for frame in ledger.scan().unwrap() {
+        if let ledger::log::Frame::Good(s) = frame.unwrap() {
+            if let ledger::event::EventKind::Observation(o) = s.event.kind {
+                response.get_or_insert(o.response);
+            }
+        }
+    }
+    let response = response.expect("responses were recorded");
+    let path = ledger.store().path(&response);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    let report = ledger::verify::verify(&ledger, &indicatif::ProgressBar::hidden()).unwrap();
+    assert!(report
+        .problems
+        .iter()
+        .any(|p| p.kind == "blob" && p.subject == response.to_hex()));
+    for step in &report_outputs(&report_first) {
+        assert_eq!(
+            report.downstream.get(step).map(String::as_str),
+            Some(response.to_hex().as_str()),
+            "{:?}",
+            report.downstream
+        );
+    }
+}
+
+fn report_outputs(report: &ledger::runner::RunReport) -> Vec<String> {
+    report
+        .steps
+        .iter()
+        .flat_map(|s| s.outputs.iter().map(|(_, h)| h.clone()))
+        .collect()
 }

@@ -922,6 +922,43 @@ fn llm_enhancement_is_recorded_and_replays_offline_bit_identically() {
     Reconstruct.execute(&mut ctx).unwrap();
     let (outputs, _) = ctx.finish();
     assert_eq!(outputs[0].hash, first.hash);
+
+    // Tamper with one recorded answer: a replay refuses it and names it, and `verify` names
+    // the blob. (Attribution to the outputs built from it is tested through the runner in
+    // `github.rs`; this test executes the stage without recording a stage run.)
+    let mut responses = Vec::new();
+    for frame in ledger.scan().unwrap() {
+        if let ledger::log::Frame::Good(s) = frame.unwrap() {
+            if let ledger::event::EventKind::Observation(o) = s.event.kind {
+                responses.push(o.response);
+            }
+        }
+    }
+    assert_eq!(responses.len(), 4);
+    let victim = ledger.store().path(&responses[0]);
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[0] ^= 0x20;
+    std::fs::write(&victim, bytes).unwrap();
+    let mut ctx = StageContext::new(
+        Mode::Replay {
+            ledger: &ledger,
+            scratch: &scratch,
+        },
+        std::path::Path::new("."),
+        "samples",
+        params(&config),
+        0,
+        vec![("prs".into(), input)],
+        ProgressBar::hidden(),
+    );
+    let err = format!("{:#}", Reconstruct.execute(&mut ctx).unwrap_err());
+    assert!(err.contains("is damaged"), "{err}");
+    assert!(err.contains(&responses[0].short()), "{err}");
+    let report = ledger::verify::verify(&ledger, &ProgressBar::hidden()).expect("verify runs");
+    assert!(report
+        .problems
+        .iter()
+        .any(|p| p.kind == "blob" && p.subject == responses[0].to_hex()));
 }
 
 #[test]

@@ -159,14 +159,16 @@ impl Counts {
     }
 }
 
-/// Asks the LLM (or the ledger, when the request was recorded before); `None` on any failure.
+/// Asks the LLM (or the ledger, when the request was recorded before); `None` when the
+/// endpoint failed or gave an unusable answer. A ledger problem (a damaged recording, or a
+/// replay asking for one that was never made) is an error, never a silent fallback.
 fn ask(
     ctx: &mut StageContext,
     client: &llm::Client,
     request: &[u8],
     what: &str,
     counts: &mut Counts,
-) -> Option<String> {
+) -> anyhow::Result<Option<String>> {
     counts.llm_requests += 1;
     let mut performed = false;
     let answer = ctx.observe(llm::SOURCE, request, || {
@@ -176,19 +178,25 @@ fn ask(
     if answer.is_ok() && !performed {
         counts.llm_recorded += 1;
     }
-    match answer
-        .map_err(|e| format!("{e:#}"))
-        .and_then(|a| llm::parse_reply(&a))
-    {
-        Ok(text) => Some(text),
-        Err(why) => {
-            counts.llm_failures += 1;
-            if counts.llm_failures <= 10 {
-                tracing::warn!("llm {what} failed: {why}");
+    let answer = match answer {
+        Err(e) if !performed => return Err(e.context(format!("llm {what}"))),
+        other => other,
+    };
+    Ok(
+        match answer
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|a| llm::parse_reply(&a))
+        {
+            Ok(text) => Some(text),
+            Err(why) => {
+                counts.llm_failures += 1;
+                if counts.llm_failures <= 10 {
+                    tracing::warn!("llm {what} failed: {why}");
+                }
+                None
             }
-            None
-        }
-    }
+        },
+    )
 }
 
 impl Stage for Reconstruct {
@@ -276,14 +284,14 @@ impl Stage for Reconstruct {
                     &request,
                     &format!("summary of {id}"),
                     &mut counts,
-                );
+                )?;
                 for (i, c) in record.commits.iter().enumerate() {
                     if !shown[i] {
                         continue;
                     }
                     let request = llm::message_request(lp, &record, &c.message, &c.diffs);
                     let what = format!("message of {id} commit {}", c.sha);
-                    refined[i] = ask(ctx, client, &request, &what, &mut counts);
+                    refined[i] = ask(ctx, client, &request, &what, &mut counts)?;
                 }
                 counts.summaries += summary.is_some() as u64;
                 counts.refined += refined.iter().filter(|r| r.is_some()).count() as u64;
