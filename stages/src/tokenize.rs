@@ -213,11 +213,38 @@ impl Stage for Tokenize {
 }
 
 fn train(ctx: &StageContext, samples: &ledger::Hash, p: &Params) -> anyhow::Result<Tokenizer> {
+    // The trainer wants an infallible iterator: remember the first read error and stop.
+    let mut failure = None;
+    let texts = shard::read::<Sample>(ctx, samples, "input `samples`")?.map_while(|s| match s {
+        Ok(s) => Some(s.text),
+        Err(e) => {
+            failure = Some(e);
+            None
+        }
+    });
+    let tokenizer = train_bpe(texts, p.vocab_size, p.min_frequency, &p.eos_token)?;
+    if let Some(e) = failure {
+        bail!(e);
+    }
+    Ok(tokenizer)
+}
+
+/// Trains the byte-level BPE this stage uses (GPT-2 style byte alphabet, no prefix space,
+/// `eos` as the one special token). Deterministic for the same texts and settings.
+pub fn train_bpe<I>(
+    texts: I,
+    vocab_size: usize,
+    min_frequency: u64,
+    eos: &str,
+) -> anyhow::Result<Tokenizer>
+where
+    I: Iterator<Item = String> + Send,
+{
     let mut trainer = BpeTrainerBuilder::new()
-        .vocab_size(p.vocab_size)
-        .min_frequency(p.min_frequency)
+        .vocab_size(vocab_size)
+        .min_frequency(min_frequency)
         .show_progress(false)
-        .special_tokens(vec![AddedToken::from(p.eos_token.clone(), true)])
+        .special_tokens(vec![AddedToken::from(eos.to_string(), true)])
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .build();
     let byte_level = ByteLevel::new(false, true, true);
@@ -230,20 +257,8 @@ fn train(ctx: &StageContext, samples: &ledger::Hash, p: &Params) -> anyhow::Resu
             .with_decoder(Some(byte_level))
             .build()
             .map_err(|e| anyhow!("building the tokenizer: {e}"))?;
-    // The trainer wants an infallible iterator: remember the first read error and stop.
-    let mut failure = None;
-    let texts = shard::read::<Sample>(ctx, samples, "input `samples`")?.map_while(|s| match s {
-        Ok(s) => Some(s.text),
-        Err(e) => {
-            failure = Some(e);
-            None
-        }
-    });
     tokenizer
         .train(&mut trainer, texts)
         .map_err(|e| anyhow!("training the tokenizer: {e}"))?;
-    if let Some(e) = failure {
-        bail!(e);
-    }
     Ok(tokenizer.into())
 }

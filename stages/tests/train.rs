@@ -7,10 +7,7 @@ use ledger::runner::{run, RunOptions, RunReport};
 use ledger::{Ledger, Wait};
 use model::chat::{FunctionCall, Message, ToolCall, Trajectory};
 use std::path::{Path, PathBuf};
-use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
-use tokenizers::normalizers::NormalizerWrapper;
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{AddedToken, Tokenizer, TokenizerBuilder};
+use tokenizers::{AddedToken, Tokenizer};
 
 const SEQ: usize = 64;
 
@@ -28,25 +25,7 @@ fn corpus(n: usize, offset: usize) -> Vec<String> {
 }
 
 fn tokenizer(texts: &[String]) -> Tokenizer {
-    let mut trainer = BpeTrainerBuilder::new()
-        .vocab_size(400)
-        .min_frequency(2)
-        .show_progress(false)
-        .special_tokens(vec![AddedToken::from("<|endoftext|>", true)])
-        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-        .build();
-    let byte_level = ByteLevel::new(false, true, true);
-    let mut tok =
-        TokenizerBuilder::<BPE, NormalizerWrapper, ByteLevel, ByteLevel, ByteLevel>::new()
-            .with_model(BPE::default())
-            .with_normalizer(None)
-            .with_pre_tokenizer(Some(byte_level))
-            .with_post_processor(Some(byte_level))
-            .with_decoder(Some(byte_level))
-            .build()
-            .unwrap();
-    tok.train(&mut trainer, texts.iter().cloned()).unwrap();
-    tok.into()
+    stages::tokenize::train_bpe(texts.iter().cloned(), 400, 2, "<|endoftext|>").unwrap()
 }
 
 fn shard(tok: &Tokenizer, texts: &[String]) -> Vec<u8> {
