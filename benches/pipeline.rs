@@ -4,8 +4,8 @@
 //! The records are built from real code: each is a realistic one-line fix to a real module of
 //! this machine's Python standard library, with the module's full content as the relevant file
 //! and a unified-diff patch, shaped exactly as `collect` emits them. Each stage runs as its own
-//! `ledger run` child process on one core (RAYON_NUM_THREADS=1), so its wall time and peak RSS
-//! are its own. Running the corpus at a quarter and at full size shows whether peak memory
+//! `ledger run` child process on one core (RAYON_NUM_THREADS=1), under GNU time, so its wall
+//! time and peak RSS are its own. Running the corpus at a quarter and at full size shows whether peak memory
 //! follows the shard size or the corpus size.
 
 use stages::record::{Commit, FileChange, PrRecord, RelevantFile};
@@ -122,29 +122,37 @@ struct Measured {
     stdout: String,
 }
 
+/// Runs `cmd` under GNU time for its peak RSS. (The child's own `ru_maxrss` seen through
+/// `wait4` is floored at this process's RSS when it forked, and this process holds the corpus.)
 fn run_child(cmd: &mut Command) -> Measured {
+    let rss_file = tempfile::NamedTempFile::new().unwrap();
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .args(["-f", "%M", "-o"])
+        .arg(rss_file.path())
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(v) => timed.env(key, v),
+            None => timed.env_remove(key),
+        };
+    }
     let started = Instant::now();
-    // Reaped by `wait4` below, which also yields the child's peak RSS.
-    #[allow(clippy::zombie_processes)]
-    let child = cmd
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let pid = child.id() as libc::pid_t;
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.unwrap(), &mut stdout).unwrap();
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waiting on our own child with valid out-pointers.
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(waited, pid, "wait4");
+    let out = timed
+        .output()
+        .expect("/usr/bin/time runs (Debian package `time`)");
+    let seconds = started.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "child failed: {cmd:?}\n{stdout}"
+        out.status.success(),
+        "child failed: {cmd:?}\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    let rss = std::fs::read_to_string(rss_file.path()).unwrap();
     Measured {
-        seconds: started.elapsed().as_secs_f64(),
-        peak_rss_kib: usage.ru_maxrss,
+        seconds,
+        peak_rss_kib: rss.trim().lines().last().unwrap().trim().parse().unwrap(),
         stdout,
     }
 }
