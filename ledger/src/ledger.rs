@@ -285,18 +285,38 @@ impl Ledger {
         media_type: &str,
         origin: Origin,
     ) -> Result<(Hash, u64)> {
-        self.require_writer()?;
+        let (hash, size, event) = self.prepare_add(input, what, media_type, origin)?;
+        if let Some(event) = event {
+            self.append_one(event)?;
+        }
+        Ok((hash, size))
+    }
+
+    /// Stores the bytes durably and returns the event that would record them, if the ledger
+    /// does not know them yet. Lets callers adding many artifacts append one batch.
+    pub fn prepare_add(
+        &self,
+        input: &mut dyn Read,
+        what: &str,
+        media_type: &str,
+        origin: Origin,
+    ) -> Result<(Hash, u64, Option<EventKind>)> {
+        if self.writer.is_none() {
+            return Err(Error::Invalid(
+                "this ledger handle was opened read-only".into(),
+            ));
+        }
         let (hash, size) = self.store.ingest(input, what)?;
         let known = self.index.introducer(&hash)?.is_some() && !self.index.is_collected(&hash)?;
-        if !known {
-            self.append_one(EventKind::ArtifactAdded(ArtifactAdded {
+        let event = (!known).then(|| {
+            EventKind::ArtifactAdded(ArtifactAdded {
                 hash,
                 size,
                 media_type: media_type.to_string(),
                 origin,
-            }))?;
-        }
-        Ok((hash, size))
+            })
+        });
+        Ok((hash, size, event))
     }
 
     pub fn add_file(&mut self, path: &Path) -> Result<(Hash, u64)> {
@@ -309,6 +329,19 @@ impl Ledger {
         path: &Path,
         progress: &indicatif::ProgressBar,
     ) -> Result<(Hash, u64)> {
+        let (hash, size, event) = self.prepare_add_file(path, progress)?;
+        if let Some(event) = event {
+            self.append_one(event)?;
+        }
+        Ok((hash, size))
+    }
+
+    /// `prepare_add` of a file, its path as the origin.
+    pub fn prepare_add_file(
+        &self,
+        path: &Path,
+        progress: &indicatif::ProgressBar,
+    ) -> Result<(Hash, u64, Option<EventKind>)> {
         let f = File::open(path).map_err(|e| Error::io(path, e))?;
         let meta = f.metadata().map_err(|e| Error::io(path, e))?;
         progress.set_length(meta.len());
@@ -320,7 +353,7 @@ impl Ledger {
             )));
         }
         let shown = path.display().to_string();
-        self.add(
+        self.prepare_add(
             &mut f,
             &shown,
             media_type_for(path),

@@ -129,27 +129,33 @@ pub fn run(
         let external = stage
             .external_inputs(&node.config, experiment.base_dir())
             .map_err(|e| stage_error(node.id.as_str(), &node.stage, &e))?;
+        // Every external input is stored first, then recorded in one durable batch.
+        let mut added = Vec::new();
+        let mut batched = std::collections::HashSet::new();
+        let hidden = ProgressBar::hidden();
         for ext in external {
-            let hash = match ext.source {
-                ExternalSource::File(path) => ledger.add_file(&path)?.0,
+            let (hash, _, event) = match ext.source {
+                ExternalSource::File(path) => ledger.prepare_add_file(&path, &hidden)?,
                 ExternalSource::Snapshot {
                     bytes,
                     media_type,
                     origin,
-                } => {
-                    ledger
-                        .add(
-                            &mut bytes.as_slice(),
-                            &origin,
-                            &media_type,
-                            Origin::File {
-                                path: origin.clone(),
-                            },
-                        )?
-                        .0
-                }
+                } => ledger.prepare_add(
+                    &mut bytes.as_slice(),
+                    &origin,
+                    &media_type,
+                    Origin::File {
+                        path: origin.clone(),
+                    },
+                )?,
             };
+            if let Some(event) = event.filter(|_| batched.insert(hash)) {
+                added.push(event);
+            }
             inputs.push((ext.name, hash));
+        }
+        if !added.is_empty() {
+            ledger.append(added)?;
         }
         inputs.sort();
         let config = canonical_json(&node.config);
