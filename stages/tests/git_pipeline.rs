@@ -10,18 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn git(repo: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(repo)
-        .env("GIT_AUTHOR_DATE", "2024-01-01T00:00:00Z")
-        .env("GIT_COMMITTER_DATE", "2024-01-01T00:00:00Z")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    commit_at(repo, "2024-01-01T00:00:00Z", args);
 }
 
 fn commit_at(repo: &Path, when: &str, args: &[&str]) {
@@ -31,7 +20,7 @@ fn commit_at(repo: &Path, when: &str, args: &[&str]) {
         .env("GIT_AUTHOR_DATE", when)
         .env("GIT_COMMITTER_DATE", when)
         .output()
-        .unwrap();
+        .expect("git runs");
     assert!(
         out.status.success(),
         "git {args:?}: {}",

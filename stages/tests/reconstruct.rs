@@ -907,18 +907,22 @@ fn llm_enhancement_is_recorded_and_replays_offline_bit_identically() {
     // The input shard is content-addressed: both runs wrote the same one.
     assert_eq!(second.input, first.input);
     let input = first.input;
-    let mut ctx = StageContext::new(
-        Mode::Replay {
-            ledger: &ledger,
-            scratch: &scratch,
-        },
-        std::path::Path::new("."),
-        "samples",
-        params(&config),
-        0,
-        vec![("prs".into(), input)],
-        ProgressBar::hidden(),
-    );
+    // The stage re-executed offline into the scratch store.
+    let replay_ctx = || {
+        StageContext::new(
+            Mode::Replay {
+                ledger: &ledger,
+                scratch: &scratch,
+            },
+            std::path::Path::new("."),
+            "samples",
+            params(&config),
+            0,
+            vec![("prs".into(), input)],
+            ProgressBar::hidden(),
+        )
+    };
+    let mut ctx = replay_ctx();
     Reconstruct.execute(&mut ctx).unwrap();
     let (outputs, _) = ctx.finish();
     assert_eq!(outputs[0].hash, first.hash);
@@ -939,18 +943,7 @@ fn llm_enhancement_is_recorded_and_replays_offline_bit_identically() {
     let mut bytes = std::fs::read(&victim).unwrap();
     bytes[0] ^= 0x20;
     std::fs::write(&victim, bytes).unwrap();
-    let mut ctx = StageContext::new(
-        Mode::Replay {
-            ledger: &ledger,
-            scratch: &scratch,
-        },
-        std::path::Path::new("."),
-        "samples",
-        params(&config),
-        0,
-        vec![("prs".into(), input)],
-        ProgressBar::hidden(),
-    );
+    let mut ctx = replay_ctx();
     let err = format!("{:#}", Reconstruct.execute(&mut ctx).unwrap_err());
     assert!(err.contains("is damaged"), "{err}");
     assert!(err.contains(&responses[0].short()), "{err}");
