@@ -4,6 +4,7 @@ pub mod collect;
 pub mod filter;
 pub mod ingest;
 pub mod pack;
+pub mod pypi;
 pub mod reconstruct;
 pub mod record;
 pub mod shard;

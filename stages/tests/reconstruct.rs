@@ -406,10 +406,6 @@ fn default_format_is_python_and_params_are_checked() {
     assert_eq!(e.key.as_deref(), Some("llm.base_url"));
     let e = rejected("[llm]\nbase_url = \"http://h\"\nmodel = \"m\"\ntemperature = 3.0\n");
     assert_eq!(e.key.as_deref(), Some("llm.temperature"));
-    if !cfg!(feature = "llm-tls") {
-        let e = rejected("[llm]\nbase_url = \"https://h/v1\"\nmodel = \"m\"\n");
-        assert!(e.message.contains("llm-tls"), "{}", e.message);
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

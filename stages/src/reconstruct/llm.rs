@@ -16,8 +16,7 @@
 //! a wrapping code fence are removed. Anything else is a failure: the summary is left out, the
 //! original commit message is kept, and the sample is not dropped.
 //!
-//! Plain `http://` works out of the box (local vLLM, llama.cpp, Ollama servers); `https://`
-//! needs the crate feature `llm-tls` (rustls), left out by default to keep the build lean.
+//! Plain `http://` (local vLLM, llama.cpp, Ollama servers) and `https://` (rustls) both work.
 
 use crate::record::{FileChange, PrRecord};
 use serde::{Deserialize, Serialize};
@@ -83,13 +82,6 @@ fn default_max_retries() -> u32 {
 impl LlmParams {
     /// Problems with the values, as (key, message).
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        let tls = cfg!(feature = "llm-tls");
-        if self.base_url.starts_with("https://") && !tls {
-            return Err((
-                "base_url",
-                "https needs davinci-stages built with the `llm-tls` feature; use an http:// endpoint or enable it".into(),
-            ));
-        }
         if !self.base_url.starts_with("http://") && !self.base_url.starts_with("https://") {
             return Err(("base_url", "must start with http:// or https://".into()));
         }
