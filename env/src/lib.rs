@@ -8,6 +8,7 @@ pub mod engine;
 pub mod grading;
 pub mod image;
 pub mod instance;
+pub mod repo_image;
 pub mod tools;
 
 pub use container::{Container, ContainerSpec, ExecOutput, ExecRequest};

@@ -100,6 +100,12 @@ pub enum Mode<'a> {
         ledger: &'a Ledger,
         scratch: &'a BlobStore,
     },
+    /// A replay that also performs external actions again (e.g. rollout commands in fresh
+    /// containers) to compare them with the record; the record still decides every output.
+    Reexecute {
+        ledger: &'a Ledger,
+        scratch: &'a BlobStore,
+    },
 }
 
 pub struct StageContext<'a> {
@@ -143,7 +149,7 @@ impl<'a> StageContext<'a> {
     fn ledger(&self) -> &Ledger {
         match &self.mode {
             Mode::Run(l) => l,
-            Mode::Replay { ledger, .. } => ledger,
+            Mode::Replay { ledger, .. } | Mode::Reexecute { ledger, .. } => ledger,
         }
     }
 
@@ -154,7 +160,7 @@ impl<'a> StageContext<'a> {
     fn output_store(&self) -> &BlobStore {
         match &self.mode {
             Mode::Run(l) => l.store(),
-            Mode::Replay { scratch, .. } => scratch,
+            Mode::Replay { scratch, .. } | Mode::Reexecute { scratch, .. } => scratch,
         }
     }
 
@@ -247,6 +253,37 @@ impl<'a> StageContext<'a> {
     /// Answers an external request from its recorded observation, or performs it with
     /// `fetch` and records the response durably before returning it. In a replay, an
     /// unrecorded request is an error: replays never touch the network.
+    /// True when outputs go to a scratch store and every observation must come from the record.
+    pub fn replaying(&self) -> bool {
+        !matches!(self.mode, Mode::Run(_))
+    }
+
+    /// True in a replay that should perform external actions again to compare them.
+    pub fn reexecuting(&self) -> bool {
+        matches!(self.mode, Mode::Reexecute { .. })
+    }
+
+    /// The recorded response to `request`, if there is one (checked against its hash).
+    pub fn recorded(&self, request: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
+        let request_hash = Hash::of(request);
+        let Some(seq) = self.ledger().index().observation(&request_hash)? else {
+            return Ok(None);
+        };
+        let crate::event::EventKind::Observation(o) = self.ledger().event(seq)?.event.kind else {
+            return Ok(None);
+        };
+        let response = self.input_store().read(&o.response)?;
+        // A recorded answer is only as good as its bytes.
+        if Hash::of(&response) != o.response {
+            anyhow::bail!(
+                "the recorded {} response {} (event #{seq}) is damaged: its bytes no longer match; run `ledger verify`",
+                o.source,
+                o.response.short()
+            );
+        }
+        Ok(Some(response))
+    }
+
     pub fn observe(
         &mut self,
         source: &str,
@@ -254,23 +291,11 @@ impl<'a> StageContext<'a> {
         fetch: impl FnOnce() -> anyhow::Result<Vec<u8>>,
     ) -> anyhow::Result<Vec<u8>> {
         let request_hash = Hash::of(request);
-        let recorded = self.ledger().index().observation(&request_hash)?;
-        if let Some(seq) = recorded {
-            if let crate::event::EventKind::Observation(o) = self.ledger().event(seq)?.event.kind {
-                let response = self.input_store().read(&o.response)?;
-                // A recorded answer is only as good as its bytes.
-                if Hash::of(&response) != o.response {
-                    anyhow::bail!(
-                        "the recorded {} response {} (event #{seq}) is damaged: its bytes no longer match; run `ledger verify`",
-                        o.source,
-                        o.response.short()
-                    );
-                }
-                return Ok(response);
-            }
+        if let Some(response) = self.recorded(request)? {
+            return Ok(response);
         }
         match &mut self.mode {
-            Mode::Replay { .. } => anyhow::bail!(
+            Mode::Replay { .. } | Mode::Reexecute { .. } => anyhow::bail!(
                 "{source} request {} was never recorded; a replay cannot perform it",
                 request_hash.short()
             ),

@@ -8,6 +8,7 @@ pub mod pypi;
 pub mod reconstruct;
 pub mod record;
 pub mod shard;
+pub mod swe;
 pub mod tokenize;
 pub mod train;
 
@@ -22,6 +23,8 @@ pub fn registry() -> Registry {
     r.register(Box::new(pack::Pack));
     r.register(Box::new(reconstruct::Reconstruct));
     r.register(Box::new(tokenize::Tokenize));
+    r.register(Box::new(swe::synthesize::Synthesize));
+    r.register(Box::new(swe::rollout::Rollout));
     r.register(Box::new(train::midtrain::Midtrain));
     r.register(Box::new(train::sft::Sft));
     r

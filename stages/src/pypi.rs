@@ -127,6 +127,12 @@ fn fetch(url: &str) -> anyhow::Result<Vec<u8>> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(300)))
         .http_status_as_error(false)
+        // The system's CA store (and SSL_CERT_FILE): what curl and pip trust here.
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+                .build(),
+        )
         .build()
         .into();
     let mut last = String::new();

@@ -1,0 +1,337 @@
+//! D_env: executable environments. `synthesize` makes SWE-bench-style task instances from
+//! real PyPI projects; `rollout` runs a policy on them in Docker and grades the result.
+//!
+//! Everything a container answers goes through the ledger as an observation, so a replay
+//! rebuilds instances and trajectories bit for bit without an engine:
+//! - work runs on worker threads (one container each); the `StageContext` stays on the stage's
+//!   thread, which serves the workers' observation requests (`Recorder`, `serve`);
+//! - each container action is keyed by its session (a stable label: package, or instance +
+//!   run), its position, the hash of everything the session observed before it, and the
+//!   action itself: the same key means the same history, whatever the machine;
+//! - in a run an action is always performed (the container's state needs it) and then
+//!   recorded; when the key was already recorded (a resumed run), the record wins. In a replay
+//!   nothing is performed; with `--reexecute` it is performed again in a fresh container and
+//!   compared with the record after timings are normalized.
+
+pub mod policy;
+pub mod rollout;
+pub mod synthesize;
+
+use anyhow::{anyhow, Context};
+use env::container::{Container, ExecOutput, ExecRequest};
+use ledger::stage::StageContext;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where base images' root filesystems are cached: `$DAVINCI_ENV_CACHE`, else
+/// `$XDG_CACHE_HOME/davinci-ledger/env`, else `~/.cache/davinci-ledger/env`.
+pub fn env_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DAVINCI_ENV_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("davinci-ledger").join("env")
+}
+
+/// The engine, connected (and started through `scripts/setup.sh` when it does not answer).
+pub fn connect_engine() -> anyhow::Result<env::Engine> {
+    if env::engine::docker_info_ok() {
+        return env::Engine::connect();
+    }
+    let script = env::engine::repo_setup_script();
+    if script.exists() {
+        return env::engine::start_with_setup_script(&script);
+    }
+    env::Engine::connect().context("no Docker engine answers; run scripts/setup.sh")
+}
+
+struct Ask {
+    source: String,
+    request: Vec<u8>,
+    /// `None`: only look the request up.
+    response: Option<Vec<u8>>,
+    reply: Sender<anyhow::Result<Option<Vec<u8>>>>,
+}
+
+/// Counts of re-executed actions that matched (after normalization) and did not.
+#[derive(Default)]
+pub struct Reexecution {
+    pub actions: AtomicU64,
+    pub equivalent: AtomicU64,
+    pub differing: AtomicU64,
+}
+
+/// A worker's handle on the stage's observations.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: Sender<Ask>,
+    pub replaying: bool,
+    pub reexecuting: bool,
+    pub reexecution: Arc<Reexecution>,
+}
+
+impl Recorder {
+    fn ask(
+        &self,
+        source: &str,
+        request: &[u8],
+        response: Option<Vec<u8>>,
+    ) -> anyhow::Result<Option<Vec<u8>>> {
+        let (reply, rx) = channel();
+        self.tx
+            .send(Ask {
+                source: source.into(),
+                request: request.to_vec(),
+                response,
+                reply,
+            })
+            .map_err(|_| anyhow!("the stage stopped serving observations"))?;
+        rx.recv()
+            .map_err(|_| anyhow!("the stage stopped serving observations"))?
+    }
+
+    /// Answers from the record, or fetches and records (never fetches in a replay).
+    pub fn observe(
+        &self,
+        source: &str,
+        request: &[u8],
+        fetch: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+    ) -> anyhow::Result<Vec<u8>> {
+        if let Some(r) = self.ask(source, request, None)? {
+            return Ok(r);
+        }
+        let response = fetch()?;
+        Ok(self
+            .ask(source, request, Some(response))?
+            .expect("a recorded response"))
+    }
+
+    /// Performs an action whose effects later actions depend on: always in a run (then
+    /// recorded, the record winning), never in a replay, and again with `--reexecute`
+    /// (compared with the record).
+    pub fn execute(
+        &self,
+        source: &str,
+        request: &[u8],
+        perform: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+    ) -> anyhow::Result<Vec<u8>> {
+        if self.replaying && !self.reexecuting {
+            return Ok(self
+                .ask(source, request, None)?
+                .expect("a replay answers from the record or fails"));
+        }
+        let live = perform()?;
+        if self.reexecuting {
+            let recorded = self
+                .ask(source, request, None)?
+                .expect("a replay answers from the record or fails");
+            self.reexecution.actions.fetch_add(1, Ordering::Relaxed);
+            if normalize(&live) == normalize(&recorded) {
+                self.reexecution.equivalent.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.reexecution.differing.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    source,
+                    request = %String::from_utf8_lossy(&request[..request.len().min(300)]),
+                    recorded = %String::from_utf8_lossy(&recorded[..recorded.len().min(300)]),
+                    live = %String::from_utf8_lossy(&live[..live.len().min(300)]),
+                    "re-executed action differs from the record"
+                );
+            }
+            return Ok(recorded);
+        }
+        Ok(self
+            .ask(source, request, Some(live))?
+            .expect("a recorded response"))
+    }
+}
+
+/// Runs `work` with a `Recorder` on worker threads while this thread serves their
+/// observations through `ctx`. Returns the workers' results in order.
+pub fn with_recorder<T: Send>(
+    ctx: &mut StageContext,
+    work: impl FnOnce(&Recorder) -> T + Send,
+) -> anyhow::Result<(T, Arc<Reexecution>)> {
+    let (tx, rx) = channel::<Ask>();
+    let recorder = Recorder {
+        tx,
+        replaying: ctx.replaying(),
+        reexecuting: ctx.reexecuting(),
+        reexecution: Arc::new(Reexecution::default()),
+    };
+    let stats = recorder.reexecution.clone();
+    let out = std::thread::scope(|s| {
+        let handle = s.spawn(move || {
+            let r = recorder;
+            work(&r)
+        });
+        serve(ctx, rx);
+        handle.join()
+    });
+    match out {
+        Ok(v) => Ok((v, stats)),
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
+fn serve(ctx: &mut StageContext, rx: Receiver<Ask>) {
+    while let Ok(ask) = rx.recv() {
+        let answer = match ask.response {
+            None => match ctx.recorded(&ask.request) {
+                Ok(None) if ctx.replaying() => Err(anyhow!(
+                    "{} request {} was never recorded; a replay cannot perform it",
+                    ask.source,
+                    ledger::Hash::of(&ask.request).short()
+                )),
+                other => other,
+            },
+            Some(response) => ctx
+                .observe(&ask.source, &ask.request, || Ok(response))
+                .map(Some),
+        };
+        let _ = ask.reply.send(answer);
+    }
+}
+
+/// Replaces timings (`0.52s`, `12ms`, `"duration_ms":123`) so re-executed output compares
+/// equal to the record when only the clock differs.
+pub fn normalize(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len());
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i].is_ascii_digit() && (i == 0 || !chars[i - 1].is_alphanumeric()) {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
+                i += 1;
+            }
+            let unit: String = chars[i..chars.len().min(i + 2)].iter().collect();
+            let timed = unit.starts_with('s') && !unit[1..].starts_with(|c: char| c.is_alphanumeric())
+                || unit == "ms";
+            let key_before: String = out.chars().rev().take(14).collect::<String>();
+            let duration_field = key_before.starts_with(":\"sm_noitarud\"");
+            if timed || duration_field {
+                out.push_str("<T>");
+                continue;
+            }
+            out.extend(&chars[start..i]);
+            continue;
+        }
+        out.push(chars[i]);
+        i += 1;
+    }
+    out
+}
+
+/// One container's sequence of recorded actions.
+pub struct Session<'r, 'c> {
+    pub recorder: &'r Recorder,
+    /// Stable across machines: what the actions belong to.
+    pub label: String,
+    /// `None` in a replay: nothing is performed.
+    pub container: Option<&'c Container>,
+    step: u64,
+    /// BLAKE3 of everything observed so far in this session.
+    chain: blake3::Hasher,
+}
+
+#[derive(Serialize)]
+struct ActionKey<'a, T: Serialize> {
+    session: &'a str,
+    step: u64,
+    history: String,
+    action: T,
+}
+
+impl<'r, 'c> Session<'r, 'c> {
+    pub fn new(recorder: &'r Recorder, label: String, container: Option<&'c Container>) -> Self {
+        Session {
+            recorder,
+            label,
+            container,
+            step: 0,
+            chain: blake3::Hasher::new(),
+        }
+    }
+
+    fn key<T: Serialize>(&self, action: T) -> Vec<u8> {
+        serde_json::to_vec(&ActionKey {
+            session: &self.label,
+            step: self.step,
+            history: self.chain.clone().finalize().to_hex().to_string(),
+            action,
+        })
+        .expect("action key serializes")
+    }
+
+    fn advance(&mut self, request: &[u8], response: &[u8]) {
+        self.step += 1;
+        self.chain.update(&(request.len() as u64).to_le_bytes());
+        self.chain.update(request);
+        self.chain.update(&(response.len() as u64).to_le_bytes());
+        self.chain.update(response);
+    }
+
+    /// A recorded action whose response is JSON of `R`.
+    pub fn act<A: Serialize, R: serde::de::DeserializeOwned + Serialize>(
+        &mut self,
+        source: &str,
+        action: A,
+        perform: impl FnOnce() -> anyhow::Result<R>,
+    ) -> anyhow::Result<R> {
+        let request = self.key(action);
+        let response = self
+            .recorder
+            .execute(source, &request, || Ok(serde_json::to_vec(&perform()?)?))?;
+        self.advance(&request, &response);
+        serde_json::from_slice(&response)
+            .with_context(|| format!("{}: recorded {source} response is not valid", self.label))
+    }
+
+    /// `bash -c script` in the container, recorded.
+    pub fn exec(
+        &mut self,
+        script: &str,
+        workdir: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<ExecOutput> {
+        let req = ExecRequest::bash(script).workdir(workdir).timeout(timeout);
+        let container = self.container;
+        let label = self.label.clone();
+        self.act(
+            "exec",
+            serde_json::json!({"exec": script, "workdir": workdir, "timeout_s": timeout.as_secs()}),
+            || {
+                container
+                    .ok_or_else(|| anyhow!("{label}: no container"))?
+                    .exec_with(&req)
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize;
+
+    #[test]
+    fn timings_are_normalized_and_other_numbers_kept() {
+        assert_eq!(
+            normalize(b"5 passed in 0.52s\nline 12 took 30ms, x1s"),
+            "5 passed in <T>\nline 12 took <T>, x1s"
+        );
+        assert_eq!(
+            normalize(br#"{"exit_code":0,"duration_ms":1234}"#),
+            r#"{"exit_code":0,"duration_ms":<T>}"#
+        );
+        assert_eq!(normalize(b"3 tests, 2 seconds"), "3 tests, 2 seconds");
+    }
+}
