@@ -79,6 +79,10 @@ enum Command {
         /// Re-execute from this node id or stage name downstream.
         #[arg(long)]
         from: Option<String>,
+        /// Also perform recorded actions again (rollout commands in fresh containers) and
+        /// compare them with the record after normalizing timings.
+        #[arg(long)]
+        reexecute: bool,
         #[arg(long)]
         json: bool,
     },
@@ -169,12 +173,14 @@ fn main() -> ExitCode {
             check,
             repeat,
             from,
+            reexecute,
             json,
         } => {
             let options = replay::ReplayOptions {
                 check,
                 repeat,
                 from,
+                reexecute,
             };
             commands::replay(&ctx, &hash, &options, json)
         }

@@ -37,6 +37,18 @@ pub struct ReplayOptions {
     pub repeat: u32,
     /// Re-execute the steps of this node id or stage name and everything downstream.
     pub from: Option<String>,
+    /// Also perform recorded external actions again (rollout commands in fresh containers)
+    /// and compare them with the record, timings normalized. Outputs still come from the
+    /// record.
+    pub reexecute: bool,
+}
+
+/// What a step's stage reported about its re-performed actions (`--reexecute`).
+#[derive(Debug, Serialize)]
+pub struct ActionCheck {
+    pub actions: u64,
+    pub equivalent: u64,
+    pub differing: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -56,6 +68,9 @@ pub struct StepReplay {
     pub round: u32,
     pub outputs: Vec<OutputCheck>,
     pub identical: bool,
+    /// `--reexecute`: the stage's re-performed actions compared with the record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actions: Option<ActionCheck>,
     pub seconds: f64,
 }
 
@@ -155,7 +170,7 @@ pub fn replay(
             let scratch = BlobStore::new(&scratch_dir.path().join(format!("{round}-{seq}")));
             scratch.create_dirs()?;
             let run = stage_run(ledger, *seq)?;
-            let mut result = reexecute(ledger, registry, *seq, &run, &scratch)?;
+            let mut result = reexecute(ledger, registry, *seq, &run, &scratch, options.reexecute)?;
             result.round = round;
             for check in result.outputs.iter().filter(|o| o.identical) {
                 let hash = Hash::from_hex(&check.recorded).expect("hex");
@@ -196,6 +211,7 @@ fn reexecute(
     seq: u64,
     run: &StageRun,
     scratch: &BlobStore,
+    perform_again: bool,
 ) -> Result<StepReplay> {
     let started = std::time::Instant::now();
     let stage = registry.get(&run.stage).ok_or_else(|| {
@@ -234,8 +250,13 @@ fn reexecute(
     let workdir = recorded_workdir(ledger, &run.run_id)?;
     let config: serde_json::Value = serde_json::from_str(&run.config)
         .with_context(|| format!("event #{seq} holds a config that is not JSON"))?;
+    let mode = if perform_again {
+        Mode::Reexecute { ledger, scratch }
+    } else {
+        Mode::Replay { ledger, scratch }
+    };
     let mut ctx = StageContext::new(
-        Mode::Replay { ledger, scratch },
+        mode,
         &workdir,
         &run.node,
         config,
@@ -246,7 +267,18 @@ fn reexecute(
     stage
         .execute(&mut ctx)
         .with_context(|| format!("re-executing step #{seq} ({} `{}`)", run.stage, run.node))?;
-    let (rebuilt, _) = ctx.finish();
+    let (rebuilt, metrics) = ctx.finish();
+    let metric = |name: &str| {
+        metrics
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v as u64)
+    };
+    let actions = metric("reexecute.actions").map(|actions| ActionCheck {
+        actions,
+        equivalent: metric("reexecute.equivalent").unwrap_or(0),
+        differing: metric("reexecute.differing").unwrap_or(0),
+    });
 
     let mut outputs = Vec::new();
     for recorded in &run.outputs {
@@ -273,8 +305,10 @@ fn reexecute(
     Ok(StepReplay {
         step: StepNode::from_run(seq, run),
         round: 0,
-        identical: outputs.iter().all(|o| o.identical),
+        identical: outputs.iter().all(|o| o.identical)
+            && actions.as_ref().is_none_or(|a| a.differing == 0),
         outputs,
+        actions,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -375,6 +409,14 @@ impl fmt::Display for ReplayReport {
                 if let Some(d) = &o.first_difference {
                     writeln!(f, "       {d}")?;
                 }
+            }
+            if let Some(a) = &s.actions {
+                let mark = if a.differing == 0 { "ok  " } else { "DIFF" };
+                writeln!(
+                    f,
+                    "  {mark} re-performed {} recorded actions in fresh containers: {} equivalent, {} differing (timings normalized)",
+                    a.actions, a.equivalent, a.differing
+                )?;
             }
         }
         for r in &self.restored {

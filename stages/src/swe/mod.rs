@@ -133,15 +133,23 @@ impl Recorder {
                 .ask(source, request, None)?
                 .expect("a replay answers from the record or fails");
             self.reexecution.actions.fetch_add(1, Ordering::Relaxed);
-            if normalize(&live) == normalize(&recorded) {
+            let (a, b) = (normalize(&recorded), normalize(&live));
+            if a == b {
                 self.reexecution.equivalent.fetch_add(1, Ordering::Relaxed);
             } else {
                 self.reexecution.differing.fetch_add(1, Ordering::Relaxed);
+                let at = a
+                    .chars()
+                    .zip(b.chars())
+                    .position(|(x, y)| x != y)
+                    .unwrap_or(a.chars().count().min(b.chars().count()));
+                let around =
+                    |s: &str| s.chars().skip(at.saturating_sub(80)).take(160).collect::<String>();
                 tracing::warn!(
                     source,
-                    request = %String::from_utf8_lossy(&request[..request.len().min(300)]),
-                    recorded = %String::from_utf8_lossy(&recorded[..recorded.len().min(300)]),
-                    live = %String::from_utf8_lossy(&live[..live.len().min(300)]),
+                    request = %String::from_utf8_lossy(&request[..request.len().min(200)]),
+                    recorded = %around(&a),
+                    live = %around(&b),
                     "re-executed action differs from the record"
                 );
             }
@@ -200,14 +208,26 @@ fn serve(ctx: &mut StageContext, rx: Receiver<Ask>) {
     }
 }
 
-/// Replaces timings (`0.52s`, `12ms`, `"duration_ms":123`) so re-executed output compares
-/// equal to the record when only the clock differs.
+/// Replaces timings (`0.52s`, `12ms`, `"duration_ms":123`) and memory addresses
+/// (`0x7fae335e23e0`, as in Python reprs) so re-executed output compares equal to the record
+/// when only the clock or the allocator differs.
 pub fn normalize(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let mut out = String::with_capacity(text.len());
     let chars: Vec<char> = text.chars().collect();
     let mut i = 0;
     while i < chars.len() {
+        if chars[i] == '0' && chars.get(i + 1) == Some(&'x') {
+            let digits = chars[i + 2..]
+                .iter()
+                .take_while(|c| c.is_ascii_hexdigit())
+                .count();
+            if digits >= 6 {
+                out.push_str("0x<ADDR>");
+                i += 2 + digits;
+                continue;
+            }
+        }
         if chars[i].is_ascii_digit() && (i == 0 || !chars[i - 1].is_alphanumeric()) {
             let start = i;
             while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
@@ -333,5 +353,9 @@ mod tests {
             r#"{"exit_code":0,"duration_ms":<T>}"#
         );
         assert_eq!(normalize(b"3 tests, 2 seconds"), "3 tests, 2 seconds");
+        assert_eq!(
+            normalize(b"<function f at 0x7fae335e23e0> 0x10"),
+            "<function f at 0x<ADDR>> 0x10"
+        );
     }
 }
