@@ -72,6 +72,9 @@ impl ContainerSpec {
                 "HOME=/home/agent".into(),
                 "LANG=C.UTF-8".into(),
                 "PYTHONDONTWRITEBYTECODE=1".into(),
+                // Set and dict order of strings is part of test output (pytest parametrize
+                // over a set): a fixed hash seed makes re-executions comparable.
+                "PYTHONHASHSEED=0".into(),
                 "PIP_NO_INDEX=1".into(),
             ],
             max_output_bytes: 16 << 20,
