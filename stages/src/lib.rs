@@ -1,6 +1,7 @@
 //! The pipeline's stages, one module each. `registry()` is the list the binary runs with.
 
 pub mod collect;
+pub mod evaluate;
 pub mod filter;
 pub mod ingest;
 pub mod pack;
@@ -18,6 +19,8 @@ use ledger::stage::Registry;
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(Box::new(collect::Collect));
+    r.register(Box::new(evaluate::humaneval::HumanEval));
+    r.register(Box::new(evaluate::leakcheck::LeakCheck));
     r.register(Box::new(filter::Filter));
     r.register(Box::new(ingest::Ingest));
     r.register(Box::new(pack::Pack));
