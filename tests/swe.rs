@@ -48,7 +48,9 @@ fn docker_available() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok && std::env::var_os("LEDGER_REQUIRE_DOCKER").is_none() {
-        eprintln!("SKIPPED: no Docker engine (`docker info` fails) and LEDGER_REQUIRE_DOCKER is unset");
+        eprintln!(
+            "SKIPPED: no Docker engine (`docker info` fails) and LEDGER_REQUIRE_DOCKER is unset"
+        );
         return false;
     }
     true
@@ -178,12 +180,20 @@ policy = {{ kind = "empty" }}
     let fail = lines(&l, &output(rollouts, "fail"));
     assert_eq!(all.len(), 4);
     assert_eq!(pass.len() + fail.len(), 4);
-    assert!(!pass.is_empty() && !fail.is_empty(), "seed 11 withholds some fixes: {} pass, {} fail", pass.len(), fail.len());
+    assert!(
+        !pass.is_empty() && !fail.is_empty(),
+        "seed 11 withholds some fixes: {} pass, {} fail",
+        pass.len(),
+        fail.len()
+    );
     assert_eq!(metric(rollouts, "resolved") as usize, pass.len());
     for t in &pass {
         assert_eq!(t["resolved"], true);
         assert_eq!(t["stop_reason"], "submitted");
-        assert!(t["policy"].as_str().unwrap().starts_with("scripted-reference"));
+        assert!(t["policy"]
+            .as_str()
+            .unwrap()
+            .starts_with("scripted-reference"));
         let msgs = t["messages"].as_array().unwrap();
         assert_eq!(msgs[0]["role"], "system");
         let edits = msgs
@@ -224,7 +234,9 @@ policy = {{ kind = "empty" }}
     assert_eq!(replay["verdict"], "bit_identical", "{replay}");
 
     // Re-executing the gold grading in a fresh container agrees with the record.
-    let r = l.ok(["replay", "--reexecute", "--json", &output(gold, "score")]).json();
+    let r = l
+        .ok(["replay", "--reexecute", "--json", &output(gold, "score")])
+        .json();
     let actions = &r["steps"][0]["actions"];
     assert!(actions["actions"].as_u64().unwrap() >= 1, "{r}");
     assert_eq!(actions["differing"], 0, "{r}");

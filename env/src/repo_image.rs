@@ -35,7 +35,8 @@ if [ -d "$WORKDIR/src" ]; then echo "$WORKDIR/src" > "$site/testbed.pth"; else e
 chown -R "$OWNER" "$WORKDIR"
 "#;
 
-const COMMIT: &str = "git init -q && git add -A && GIT_FIXED commit -qm 'source' && git rev-parse HEAD";
+const COMMIT: &str =
+    "git init -q && git add -A && GIT_FIXED commit -qm 'source' && git rev-parse HEAD";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RepoImage {

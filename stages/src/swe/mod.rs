@@ -143,8 +143,12 @@ impl Recorder {
                     .zip(b.chars())
                     .position(|(x, y)| x != y)
                     .unwrap_or(a.chars().count().min(b.chars().count()));
-                let around =
-                    |s: &str| s.chars().skip(at.saturating_sub(80)).take(160).collect::<String>();
+                let around = |s: &str| {
+                    s.chars()
+                        .skip(at.saturating_sub(80))
+                        .take(160)
+                        .collect::<String>()
+                };
                 tracing::warn!(
                     source,
                     request = %String::from_utf8_lossy(&request[..request.len().min(200)]),
@@ -208,6 +212,34 @@ fn serve(ctx: &mut StageContext, rx: Receiver<Ask>) {
     }
 }
 
+/// Runs `job(i)` for `i` in `0..n` on up to `workers` threads and returns the results in
+/// order. After the first error no new job starts (`None` marks the ones that did not run).
+pub fn parallel_jobs<T: Send>(
+    n: usize,
+    workers: usize,
+    job: impl Fn(usize) -> anyhow::Result<T> + Sync,
+) -> Vec<Option<anyhow::Result<T>>> {
+    let next = AtomicU64::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let slots = std::sync::Mutex::new((0..n).map(|_| None).collect::<Vec<_>>());
+    std::thread::scope(|s| {
+        for _ in 0..workers.clamp(1, n.max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst) as usize;
+                if i >= n || failed.load(Ordering::SeqCst) {
+                    break;
+                }
+                let r = job(i);
+                if r.is_err() {
+                    failed.store(true, Ordering::SeqCst);
+                }
+                slots.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+            });
+        }
+    });
+    slots.into_inner().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Replaces timings (`0.52s`, `12ms`, `"duration_ms":123`) and memory addresses
 /// (`0x7fae335e23e0`, as in Python reprs) so re-executed output compares equal to the record
 /// when only the clock or the allocator differs.
@@ -234,7 +266,8 @@ pub fn normalize(bytes: &[u8]) -> String {
                 i += 1;
             }
             let unit: String = chars[i..chars.len().min(i + 2)].iter().collect();
-            let timed = unit.starts_with('s') && !unit[1..].starts_with(|c: char| c.is_alphanumeric())
+            let timed = unit.starts_with('s')
+                && !unit[1..].starts_with(|c: char| c.is_alphanumeric())
                 || unit == "ms";
             let key_before: String = out.chars().rev().take(14).collect::<String>();
             let duration_field = key_before.starts_with(":\"sm_noitarud\"");

@@ -135,7 +135,8 @@ pub fn replacements(patch: &str) -> anyhow::Result<Vec<Replacement>> {
     let mut out = Vec::new();
     let mut path: Option<String> = None;
     let mut cur: Option<(Replacement, Vec<String>, Vec<String>)> = None;
-    let flush = |cur: &mut Option<(Replacement, Vec<String>, Vec<String>)>, out: &mut Vec<Replacement>| {
+    let flush = |cur: &mut Option<(Replacement, Vec<String>, Vec<String>)>,
+                 out: &mut Vec<Replacement>| {
         if let Some((mut r, old, new)) = cur.take() {
             r.old = old.join("\n");
             r.new = new.join("\n");
@@ -147,7 +148,10 @@ pub fn replacements(patch: &str) -> anyhow::Result<Vec<Replacement>> {
         if let Some(p) = line.strip_prefix("+++ ") {
             flush(&mut cur, &mut out);
             path = Some(p.trim().trim_start_matches("b/").to_string());
-        } else if line.starts_with("--- ") || line.starts_with("diff --git") || line.starts_with("index ") {
+        } else if line.starts_with("--- ")
+            || line.starts_with("diff --git")
+            || line.starts_with("index ")
+        {
             flush(&mut cur, &mut out);
         } else if let Some(h) = line.strip_prefix("@@ ") {
             flush(&mut cur, &mut out);
@@ -273,7 +277,10 @@ impl Scripted {
 
 impl Policy for Scripted {
     fn describe(&self) -> String {
-        format!("scripted-reference(withhold_fraction={})", self.withhold_fraction)
+        format!(
+            "scripted-reference(withhold_fraction={})",
+            self.withhold_fraction
+        )
     }
 
     fn next(&self, cx: &TurnContext, messages: &[ChatMessage]) -> anyhow::Result<Turn> {
@@ -294,11 +301,18 @@ impl Policy for Scripted {
 /// and JSON arrays of `view_range` are decoded.
 pub fn parse_xml_calls(text: &str) -> (String, Vec<(String, serde_json::Value)>) {
     let mut calls = Vec::new();
-    let content = text.split("<function=").next().unwrap_or("").trim().to_string();
+    let content = text
+        .split("<function=")
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
     let mut rest = text;
     while let Some(start) = rest.find("<function=") {
         let after = &rest[start + "<function=".len()..];
-        let Some(name_end) = after.find('>') else { break };
+        let Some(name_end) = after.find('>') else {
+            break;
+        };
         let name = after[..name_end].trim().to_string();
         let body_all = &after[name_end + 1..];
         let (body, next) = match body_all.find("</function>") {
@@ -460,7 +474,11 @@ pub fn parse_completion(recorded: &[u8]) -> anyhow::Result<Turn> {
     let text = String::from_utf8_lossy(recorded);
     let (status, body) = text.split_once('\n').unwrap_or((&text, ""));
     if status.trim() != "HTTP 200" {
-        bail!("the endpoint answered {}: {}", status.trim(), &body[..body.len().min(300)]);
+        bail!(
+            "the endpoint answered {}: {}",
+            status.trim(),
+            &body[..body.len().min(300)]
+        );
     }
     let v: serde_json::Value =
         serde_json::from_str(body).context("the endpoint's answer is not JSON")?;
@@ -571,7 +589,14 @@ impl Policy for Checkpoint {
                 .next_u64(),
             }
         };
-        let out = model::generate::generate(&self.model, ids, self.max_new_tokens, &sampling, &stop, true)?;
+        let out = model::generate::generate(
+            &self.model,
+            ids,
+            self.max_new_tokens,
+            &sampling,
+            &stop,
+            true,
+        )?;
         let text = self
             .tokenizer
             .decode(&out, true)
@@ -627,7 +652,10 @@ mod tests {
         let r = br#"HTTP 200
 {"choices":[{"message":{"content":"hi","tool_calls":[{"id":"a","type":"function","function":{"name":"bash","arguments":"{\"command\":\"ls\"}"}}]}}]}"#;
         let t = parse_completion(r).unwrap();
-        assert_eq!(t.calls, vec![("bash".to_string(), serde_json::json!({"command": "ls"}))]);
+        assert_eq!(
+            t.calls,
+            vec![("bash".to_string(), serde_json::json!({"command": "ls"}))]
+        );
         let x = b"HTTP 200\n{\"choices\":[{\"message\":{\"content\":\"ok\\n<function=submit>\\n</function>\"}}]}";
         assert_eq!(parse_completion(x).unwrap().calls[0].0, "submit");
         assert!(parse_completion(b"HTTP 500\noops").is_err());

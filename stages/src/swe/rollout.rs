@@ -33,7 +33,7 @@ use super::policy::{
     Scripted, TurnContext, SYSTEM_PROMPT,
 };
 use super::synthesize::{jsonl, Environment};
-use super::{connect_engine, env_cache_dir, with_recorder, Recorder, Session};
+use super::{connect_engine, env_cache_dir, parallel_jobs, with_recorder, Recorder, Session};
 use anyhow::{anyhow, bail, Context};
 use env::grading::{evaluate, GradeOptions, GradeReport};
 use env::instance::TaskInstance;
@@ -43,7 +43,7 @@ use ledger::config::{parse_params, ParamError};
 use ledger::stage::{InputSpec, Stage, StageContext};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -222,19 +222,30 @@ impl Stage for Rollout {
             }
         }
         match &p.policy {
-            PolicyParams::Scripted { withhold_fraction } if !(0.0..=1.0).contains(withhold_fraction) => {
-                return Err(ParamError::new("policy.withhold_fraction", "must be between 0 and 1"))
+            PolicyParams::Scripted { withhold_fraction }
+                if !(0.0..=1.0).contains(withhold_fraction) =>
+            {
+                return Err(ParamError::new(
+                    "policy.withhold_fraction",
+                    "must be between 0 and 1",
+                ))
             }
             PolicyParams::Endpoint(e) => {
                 if !e.base_url.starts_with("http://") && !e.base_url.starts_with("https://") {
-                    return Err(ParamError::new("policy.base_url", "must start with http:// or https://"));
+                    return Err(ParamError::new(
+                        "policy.base_url",
+                        "must start with http:// or https://",
+                    ));
                 }
                 if e.model.trim().is_empty() {
                     return Err(ParamError::new("policy.model", "must not be empty"));
                 }
             }
             PolicyParams::Checkpoint { max_new_tokens, .. } if *max_new_tokens == 0 => {
-                return Err(ParamError::new("policy.max_new_tokens", "must be at least 1"))
+                return Err(ParamError::new(
+                    "policy.max_new_tokens",
+                    "must be at least 1",
+                ))
             }
             _ => {}
         }
@@ -275,12 +286,16 @@ impl Stage for Rollout {
                 let tok = tokenizer
                     .clone()
                     .context("the checkpoint policy needs a `tokenizer` input")?;
-                let cfg_hash = ctx.input("config").context("the checkpoint policy needs a `config` input")?;
+                let cfg_hash = ctx
+                    .input("config")
+                    .context("the checkpoint policy needs a `config` input")?;
                 let config: model::config::Qwen2Config =
                     serde_json::from_slice(&ctx.read_blob(&cfg_hash)?)
                         .context("input `config` is not a Qwen2 config.json")?;
                 config.validate()?;
-                let model_hash = ctx.input("model").context("the checkpoint policy needs a `model` input")?;
+                let model_hash = ctx
+                    .input("model")
+                    .context("the checkpoint policy needs a `model` input")?;
                 let model = model::qwen2::Qwen2::from_safetensors(
                     &config,
                     &ctx.read_blob(&model_hash)?,
@@ -325,11 +340,21 @@ impl Stage for Rollout {
             if let Some(env) = environment(inst)? {
                 if !archives.contains_key(&env.archive) {
                     let h = ledger::Hash::from_hex(&env.archive).with_context(|| {
-                        format!("{}: environment.archive is not a BLAKE3 hash", inst.instance_id)
+                        format!(
+                            "{}: environment.archive is not a BLAKE3 hash",
+                            inst.instance_id
+                        )
                     })?;
-                    archives.insert(env.archive.clone(), ctx.read_blob(&h).with_context(|| {
-                        format!("{}: the sdist artifact {} is not in the store", inst.instance_id, h.short())
-                    })?);
+                    archives.insert(
+                        env.archive.clone(),
+                        ctx.read_blob(&h).with_context(|| {
+                            format!(
+                                "{}: the sdist artifact {} is not in the store",
+                                inst.instance_id,
+                                h.short()
+                            )
+                        })?,
+                    );
                 }
             }
         }
@@ -346,55 +371,51 @@ impl Stage for Rollout {
         progress.set_message(format!("rollouts ({policy_name})"));
         let env_images = Mutex::new(BTreeMap::<String, String>::new());
         let (results, reexec) = with_recorder(ctx, |rec| {
-            let next = AtomicUsize::new(0);
-            let slots: Mutex<Vec<Option<anyhow::Result<(RolloutRecord, RunScore)>>>> =
-                Mutex::new((0..jobs.len()).map(|_| None).collect());
-            let failed = std::sync::atomic::AtomicBool::new(false);
-            std::thread::scope(|s| {
-                for _ in 0..p.parallel.min(jobs.len()) {
-                    s.spawn(|| loop {
-                        let j = next.fetch_add(1, Ordering::SeqCst);
-                        if j >= jobs.len() || failed.load(Ordering::SeqCst) {
-                            break;
-                        }
-                        let (i, run) = jobs[j];
-                        let inst = &instances[i];
-                        let r = one_rollout(
-                            rec,
-                            engine.as_ref(),
-                            &env_images,
-                            &archives,
-                            &p,
-                            policy.as_deref(),
-                            &policy_name,
-                            &predictions,
-                            tokenizer.as_ref(),
-                            inst,
-                            run,
-                            seed,
-                        )
-                        .with_context(|| format!("rollout {} #{run}", inst.instance_id));
-                        if r.is_err() {
-                            failed.store(true, Ordering::SeqCst);
-                        }
-                        progress.inc(1);
-                        slots.lock().unwrap()[j] = Some(r);
-                    });
-                }
-            });
-            slots.into_inner().unwrap()
+            parallel_jobs(jobs.len(), p.parallel, |j| {
+                let (i, run) = jobs[j];
+                let inst = &instances[i];
+                let r = one_rollout(
+                    rec,
+                    engine.as_ref(),
+                    &env_images,
+                    &archives,
+                    &p,
+                    policy.as_deref(),
+                    &policy_name,
+                    &predictions,
+                    tokenizer.as_ref(),
+                    inst,
+                    run,
+                    seed,
+                )
+                .with_context(|| format!("rollout {} #{run}", inst.instance_id));
+                progress.inc(1);
+                r
+            })
         })?;
         if ctx.reexecuting() {
-            ctx.metric("reexecute.actions", reexec.actions.load(Ordering::SeqCst) as f64);
-            ctx.metric("reexecute.equivalent", reexec.equivalent.load(Ordering::SeqCst) as f64);
-            ctx.metric("reexecute.differing", reexec.differing.load(Ordering::SeqCst) as f64);
+            ctx.metric(
+                "reexecute.actions",
+                reexec.actions.load(Ordering::SeqCst) as f64,
+            );
+            ctx.metric(
+                "reexecute.equivalent",
+                reexec.equivalent.load(Ordering::SeqCst) as f64,
+            );
+            ctx.metric(
+                "reexecute.differing",
+                reexec.differing.load(Ordering::SeqCst) as f64,
+            );
         }
         let mut records = Vec::new();
         let mut scores: BTreeMap<String, Vec<RunScore>> = BTreeMap::new();
         for r in results {
             match r {
                 Some(Ok((rec, score))) => {
-                    scores.entry(rec.instance_id.clone()).or_default().push(score);
+                    scores
+                        .entry(rec.instance_id.clone())
+                        .or_default()
+                        .push(score);
                     records.push(rec);
                 }
                 Some(Err(e)) => return Err(e),
@@ -402,7 +423,11 @@ impl Stage for Rollout {
             }
         }
         if records.len() != jobs.len() {
-            bail!("{} of {} rollouts did not run", jobs.len() - records.len(), jobs.len());
+            bail!(
+                "{} of {} rollouts did not run",
+                jobs.len() - records.len(),
+                jobs.len()
+            );
         }
         write_outputs(ctx, &p, &policy_name, &instances, records, scores)
     }
@@ -417,8 +442,16 @@ fn write_outputs(
     scores: BTreeMap<String, Vec<RunScore>>,
 ) -> anyhow::Result<()> {
     let within = |r: &&RolloutRecord| r.tokens <= p.max_tokens && !r.messages.is_empty();
-    let pass: Vec<&RolloutRecord> = records.iter().filter(|r| r.resolved).filter(within).collect();
-    let fail: Vec<&RolloutRecord> = records.iter().filter(|r| !r.resolved).filter(within).collect();
+    let pass: Vec<&RolloutRecord> = records
+        .iter()
+        .filter(|r| r.resolved)
+        .filter(within)
+        .collect();
+    let fail: Vec<&RolloutRecord> = records
+        .iter()
+        .filter(|r| !r.resolved)
+        .filter(within)
+        .collect();
     let over = records.iter().filter(|r| r.tokens > p.max_tokens).count();
     let resolved = records.iter().filter(|r| r.resolved).count();
     let mut per_instance = Vec::new();
@@ -462,7 +495,11 @@ fn write_outputs(
     ctx.write_output("trajectories", "application/x-ndjson", &jsonl(&records)?)?;
     ctx.write_output("pass", "application/x-ndjson", &jsonl(&pass)?)?;
     ctx.write_output("fail", "application/x-ndjson", &jsonl(&fail)?)?;
-    ctx.write_output("score", "application/json", &serde_json::to_vec_pretty(&score)?)?;
+    ctx.write_output(
+        "score",
+        "application/json",
+        &serde_json::to_vec_pretty(&score)?,
+    )?;
     ctx.write_output("predictions", "application/x-ndjson", &jsonl(&predictions)?)?;
     Ok(())
 }
@@ -482,8 +519,12 @@ pub fn read_predictions(bytes: &[u8]) -> anyhow::Result<BTreeMap<String, String>
             #[allow(dead_code)]
             model_name_or_path: Option<String>,
         }
-        let p: Prediction = serde_json::from_str(line)
-            .with_context(|| format!("input `predictions`, line {}: not a SWE-bench prediction", i + 1))?;
+        let p: Prediction = serde_json::from_str(line).with_context(|| {
+            format!(
+                "input `predictions`, line {}: not a SWE-bench prediction",
+                i + 1
+            )
+        })?;
         out.insert(p.instance_id, p.model_patch.unwrap_or_default());
     }
     Ok(out)
@@ -507,14 +548,23 @@ fn instance_image(
     inst: &TaskInstance,
 ) -> anyhow::Result<String> {
     if let Some(env) = environment(inst)? {
-        let key = format!("{}/{}", env.archive, serde_json::to_string(&env.base_image)?);
+        let key = format!(
+            "{}/{}",
+            env.archive,
+            serde_json::to_string(&env.base_image)?
+        );
         // One build per environment, even with parallel workers.
         let mut cache = cache.lock().unwrap();
         if let Some(tag) = cache.get(&key) {
             return Ok(tag.clone());
         }
         let (base, _) = env::image::ensure_base_image(engine, &env.base_image, &env_cache_dir())?;
-        let img = env::repo_image::ensure_repo_image(engine, &base.tag, &env.package, &archives[&env.archive])?;
+        let img = env::repo_image::ensure_repo_image(
+            engine,
+            &base.tag,
+            &env.package,
+            &archives[&env.archive],
+        )?;
         cache.insert(key, img.tag.clone());
         return Ok(img.tag);
     }
@@ -522,7 +572,12 @@ fn instance_image(
         .get("image")
         .and_then(|v| v.as_str())
         .map(str::to_string)
-        .ok_or_else(|| anyhow!("{}: neither `environment` nor `image` says where it runs", inst.instance_id))
+        .ok_or_else(|| {
+            anyhow!(
+                "{}: neither `environment` nor `image` says where it runs",
+                inst.instance_id
+            )
+        })
 }
 
 /// Puts the container at the instance's `base_commit`.
@@ -542,7 +597,11 @@ fn setup_script(inst: &TaskInstance) -> anyhow::Result<String> {
 fn test_cmd(inst: &TaskInstance) -> anyhow::Result<Option<String>> {
     Ok(match environment(inst)? {
         Some(env) => Some(env.test_cmd),
-        None => inst.extra.get("test_cmd").and_then(|v| v.as_str()).map(str::to_string),
+        None => inst
+            .extra
+            .get("test_cmd")
+            .and_then(|v| v.as_str())
+            .map(str::to_string),
     })
 }
 
@@ -561,7 +620,10 @@ fn one_rollout(
     run: u32,
     seed: u64,
 ) -> anyhow::Result<(RolloutRecord, RunScore)> {
-    let label = format!("rollout/{policy_name}/{}/{run}/seed{seed}", inst.instance_id);
+    let label = format!(
+        "rollout/{policy_name}/{}/{run}/seed{seed}",
+        inst.instance_id
+    );
     let image = match engine {
         Some(e) => Some(instance_image(e, images, archives, inst)?),
         None => None,
@@ -575,7 +637,10 @@ fn one_rollout(
         spec.memory_bytes = p.memory_mb << 20;
         spec.exec_timeout = Duration::from_secs(p.command_timeout_secs);
         spec.rollout_timeout = Duration::from_secs(p.rollout_timeout_secs + p.test_timeout_secs);
-        spec.labels.insert("davinci.rollout".into(), format!("{}#{run}/{what}", inst.instance_id));
+        spec.labels.insert(
+            "davinci.rollout".into(),
+            format!("{}#{run}/{what}", inst.instance_id),
+        );
         Ok(Some(env::Container::start(engine, spec)?))
     };
     let short = Duration::from_secs(120);
@@ -589,7 +654,10 @@ fn one_rollout(
             patch = match &p.policy {
                 PolicyParams::Gold => inst.patch.clone(),
                 PolicyParams::Empty => String::new(),
-                _ => predictions.get(&inst.instance_id).cloned().unwrap_or_default(),
+                _ => predictions
+                    .get(&inst.instance_id)
+                    .cloned()
+                    .unwrap_or_default(),
             };
             stop_reason = "graded_only".to_string();
         }
@@ -703,15 +771,19 @@ fn one_rollout(
                 Some(patch) => patch,
                 // No submit: the working tree is the patch, as SWE-agent's autosubmit does.
                 None => {
-                    s.act("tool", serde_json::json!({"tool": "submit", "auto": true}), || {
-                        let t = tools.as_mut().expect("a container in a run");
-                        Ok(ToolResult {
-                            output: t.submit()?,
-                            is_error: false,
-                            exit_code: None,
-                            timed_out: false,
-                        })
-                    })?
+                    s.act(
+                        "tool",
+                        serde_json::json!({"tool": "submit", "auto": true}),
+                        || {
+                            let t = tools.as_mut().expect("a container in a run");
+                            Ok(ToolResult {
+                                output: t.submit()?,
+                                is_error: false,
+                                exit_code: None,
+                                timed_out: false,
+                            })
+                        },
+                    )?
                     .output
                 }
             };
@@ -776,7 +848,10 @@ fn one_rollout(
 }
 
 /// Tokens of the ChatML rendering with the tokenizer, else bytes / 4.
-fn count_tokens(tok: Option<&tokenizers::Tokenizer>, messages: &[ChatMessage]) -> anyhow::Result<usize> {
+fn count_tokens(
+    tok: Option<&tokenizers::Tokenizer>,
+    messages: &[ChatMessage],
+) -> anyhow::Result<usize> {
     if messages.is_empty() {
         return Ok(0);
     }

@@ -21,7 +21,7 @@
 //! Outputs: `instances`, `heldout` (SWE-bench JSONL), `image` (the base image manifest),
 //! `report` (per package: tests, candidates, kept, reasons).
 
-use super::{connect_engine, env_cache_dir, with_recorder, Recorder, Session};
+use super::{connect_engine, env_cache_dir, parallel_jobs, with_recorder, Recorder, Session};
 use crate::pypi::PypiFile;
 use anyhow::{bail, Context};
 use env::grading::{parse_pytest_log, TestStatus};
@@ -264,7 +264,9 @@ impl Stage for Synthesize {
         };
         let spec_key = serde_json::to_vec(&p.image)?;
         let base = match &engine {
-            Some(engine) => Some(env::image::ensure_base_image(engine, &p.image, &env_cache_dir())?.0),
+            Some(engine) => {
+                Some(env::image::ensure_base_image(engine, &p.image, &env_cache_dir())?.0)
+            }
             None => None,
         };
         let manifest = ctx.observe("image", &spec_key, || {
@@ -277,38 +279,26 @@ impl Stage for Synthesize {
         progress.set_message("synthesizing instances");
         let base_tag = base.as_ref().map(|b| b.tag.clone());
         let (results, _) = with_recorder(ctx, |rec| {
-            let next = std::sync::atomic::AtomicUsize::new(0);
-            let mut results: Vec<Option<anyhow::Result<(Vec<TaskInstance>, PackageReport)>>> =
-                (0..p.packages.len()).map(|_| None).collect();
-            let slots = std::sync::Mutex::new(&mut results);
-            std::thread::scope(|s| {
-                for _ in 0..p.parallel.min(p.packages.len()) {
-                    s.spawn(|| loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        if i >= p.packages.len() {
-                            break;
-                        }
-                        let r = synthesize_package(
-                            rec,
-                            engine.as_ref(),
-                            base_tag.as_deref(),
-                            &p,
-                            &p.packages[i],
-                            &archives[i],
-                            seed,
-                        )
-                        .with_context(|| format!("package {}", p.packages[i].file().label()));
-                        progress.inc(1);
-                        slots.lock().unwrap()[i] = Some(r);
-                    });
-                }
-            });
-            results
+            parallel_jobs(p.packages.len(), p.parallel, |i| {
+                let r = synthesize_package(
+                    rec,
+                    engine.as_ref(),
+                    base_tag.as_deref(),
+                    &p,
+                    &p.packages[i],
+                    &archives[i],
+                    seed,
+                )
+                .with_context(|| format!("package {}", p.packages[i].file().label()));
+                progress.inc(1);
+                r
+            })
         })?;
 
         let (mut train, mut heldout, mut reports) = (Vec::new(), Vec::new(), Vec::new());
         for (pkg, r) in p.packages.iter().zip(results) {
-            let (instances, report) = r.expect("every package ran")?;
+            let Some(r) = r else { continue };
+            let (instances, report) = r?;
             ctx.metric(&format!("kept.{}", pkg.name), instances.len() as f64);
             if p.heldout.contains(&pkg.name) {
                 heldout.extend(instances);
@@ -392,7 +382,9 @@ fn synthesize_package(
         (Some(engine), Some(base)) => {
             let image = ensure_repo_image(engine, base, &pkg.name, archive)?;
             let mut spec = env::ContainerSpec::new(&image.tag);
-            spec.rollout_timeout = Duration::from_secs(p.test_timeout_secs * (p.candidates_per_package as u64 + 2) + 600);
+            spec.rollout_timeout = Duration::from_secs(
+                p.test_timeout_secs * (p.candidates_per_package as u64 + 2) + 600,
+            );
             spec.exec_timeout = Duration::from_secs(p.test_timeout_secs);
             let c = env::Container::start(engine, spec)?;
             c.write_file(MUTATE_AT, MUTATE_PY.as_bytes(), 0o644)?;
@@ -411,11 +403,17 @@ fn synthesize_package(
 
     let source_commit = s.exec("git rev-parse HEAD", WORKDIR, short)?;
     if !source_commit.success() {
-        bail!("the repository image has no commit: {}", source_commit.combined());
+        bail!(
+            "the repository image has no commit: {}",
+            source_commit.combined()
+        );
     }
     let baseline = s.exec(&test_cmd, WORKDIR, timeout)?;
     if baseline.timed_out {
-        bail!("the test suite (`{test_cmd}`) timed out after {}s", timeout.as_secs());
+        bail!(
+            "the test suite (`{test_cmd}`) timed out after {}s",
+            timeout.as_secs()
+        );
     }
     let base_status = parse_pytest_log(&baseline.combined());
     let good = passing(&base_status);
@@ -435,7 +433,10 @@ fn synthesize_package(
         short,
     )?;
     if !listed.success() {
-        bail!("listing mutation sites failed: {}", tail(&listed.combined(), 800));
+        bail!(
+            "listing mutation sites failed: {}",
+            tail(&listed.combined(), 800)
+        );
     }
     let sites: Vec<Site> = listed
         .stdout
