@@ -163,7 +163,86 @@ pub fn show(ctx: &Context, what: &str, json: bool) -> Result<ExitCode> {
         let list: Vec<String> = consumers.iter().map(|s| format!("#{s}")).collect();
         println!("used by    steps {}", list.join(", "));
     }
+    if info.stored && info.media_type == "application/json" {
+        if let Some(table) = ledger
+            .store()
+            .read(&hash)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| score_table(&v))
+        {
+            print!("{table}");
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A benchmark score (`rollout` or `humaneval` output) as a table; `None` for other JSON.
+fn score_table(v: &serde_json::Value) -> Option<String> {
+    let instances = v.get("instances")?.as_array()?;
+    let mut out = String::new();
+    match v.get("benchmark")?.as_str()? {
+        "swe" => {
+            out.push_str(&format!(
+                "score      SWE-style resolution rate {:.3} ({} instances, {} run(s) each, policy {})\n",
+                v["resolved_rate"].as_f64()?,
+                instances.len(),
+                v["runs_per_instance"],
+                v["policy"].as_str().unwrap_or("?")
+            ));
+            out.push_str(&format!(
+                "  {:<52} {:>5} {:>8} {:>9} {:>9} {:>5}  {}\n",
+                "instance", "run", "resolved", "F2P", "P2P", "steps", "stop"
+            ));
+            for i in instances {
+                for r in i["runs"].as_array()? {
+                    let pair = |k: &str| format!("{}/{}", r[k][0], r[k][1]);
+                    out.push_str(&format!(
+                        "  {:<52} {:>5} {:>8} {:>9} {:>9} {:>5}  {}{}\n",
+                        i["instance_id"].as_str()?,
+                        r["run"],
+                        if r["resolved"].as_bool()? { "yes" } else { "no" },
+                        pair("fail_to_pass"),
+                        pair("pass_to_pass"),
+                        r["steps"],
+                        r["stop_reason"].as_str().unwrap_or(""),
+                        if r["patch_applied"].as_bool() == Some(false) { " (patch not applied)" } else { "" }
+                    ));
+                }
+            }
+        }
+        "humaneval" => {
+            let ks = v.get("pass_at_k")?.as_object()?;
+            let summary: Vec<String> = ks
+                .iter()
+                .map(|(k, p)| format!("pass@{k} {:.3}", p.as_f64().unwrap_or(f64::NAN)))
+                .collect();
+            out.push_str(&format!(
+                "score      HumanEval {} ({} tasks, n = {}, policy {})\n",
+                summary.join(", "),
+                instances.len(),
+                v["n"],
+                v["policy"]
+            ));
+            out.push_str(&format!("  {:<20} {:>8} {:>4}  first result\n", "task", "correct", "n"));
+            for i in instances {
+                let first = i["results"]
+                    .as_array()
+                    .and_then(|r| r.first())
+                    .map(|r| r.as_str().map(str::to_string).unwrap_or_else(|| r.to_string()))
+                    .unwrap_or_default();
+                let first: String = first.chars().take(60).collect();
+                out.push_str(&format!(
+                    "  {:<20} {:>8} {:>4}  {first}\n",
+                    i["task_id"].as_str()?,
+                    i["correct"],
+                    i["n"]
+                ));
+            }
+        }
+        _ => return None,
+    }
+    Some(out)
 }
 
 fn show_run(ledger: &Ledger, run: &Hash, json: bool) -> Result<ExitCode> {
