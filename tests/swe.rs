@@ -241,4 +241,22 @@ policy = {{ kind = "empty" }}
     assert!(actions["actions"].as_u64().unwrap() >= 1, "{r}");
     assert_eq!(actions["differing"], 0, "{r}");
     assert_eq!(r["verdict"], "bit_identical");
+
+    // A tampered container answer: the replay names the damaged record instead of rebuilding
+    // from it, and verify names the trajectories built from it.
+    let events = l.events();
+    let tool = events
+        .iter()
+        .find(|e| e["kind"] == "observation" && e["detail"]["source"] == "grade")
+        .expect("a recorded grading");
+    let response = tool["detail"]["response"].as_str().unwrap();
+    common::flip_byte(&l.blob_path(response), 10);
+    let out = l.run(["replay", "--check", traj.as_str()]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("grade response") && out.stderr.contains("damaged"),
+        "{out:?}"
+    );
+    let verify = l.run(["verify"]).expect_code(1);
+    assert!(verify.stdout.contains(response), "{verify:?}");
 }
