@@ -15,7 +15,6 @@ use anyhow::Context;
 use env::image::{BaseImage, BaseImageSpec};
 use env::{Container, ContainerSpec, Engine, ExecRequest};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// Observation source of program executions.
@@ -35,19 +34,7 @@ pub fn runner_id() -> String {
     blake3::hash(RUNNER.as_bytes()).to_hex()[..16].to_string()
 }
 
-/// Where base images are cached: `$DAVINCI_ENV_CACHE`, else
-/// `$XDG_CACHE_HOME/davinci-ledger/env`, else `~/.cache/davinci-ledger/env`.
-pub fn env_cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("DAVINCI_ENV_CACHE") {
-        return PathBuf::from(dir);
-    }
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("davinci-ledger")
-        .join("env")
-}
+pub use crate::swe::env_cache_dir;
 
 /// Container limits of the sandbox.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -149,7 +136,7 @@ impl Env {
     /// Connects to the local engine and builds or finds the base image (cached under
     /// [`env_cache_dir`]).
     pub fn prepare() -> anyhow::Result<Env> {
-        let engine = Engine::connect()?;
+        let engine = crate::swe::connect_engine()?;
         let cache = env_cache_dir();
         let (image, _) = env::image::ensure_base_image(&engine, &BaseImageSpec::default(), &cache)
             .with_context(|| format!("base image (cache {})", cache.display()))?;

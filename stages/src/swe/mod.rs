@@ -41,15 +41,26 @@ pub fn env_cache_dir() -> PathBuf {
 }
 
 /// The engine, connected (and started through `scripts/setup.sh` when it does not answer).
+/// The first connection installs the Ctrl-C / SIGTERM handler that removes this process's
+/// containers before it exits.
 pub fn connect_engine() -> anyhow::Result<env::Engine> {
-    if env::engine::docker_info_ok() {
-        return env::Engine::connect();
+    let engine = if env::engine::docker_info_ok() {
+        env::Engine::connect()?
+    } else {
+        let script = env::engine::repo_setup_script();
+        if script.exists() {
+            env::engine::start_with_setup_script(&script)?
+        } else {
+            env::Engine::connect().context("no Docker engine answers; run scripts/setup.sh")?
+        }
+    };
+    // The handler lives on this engine's runtime: keep that engine for the process's life.
+    static SIGNALS: std::sync::OnceLock<env::Engine> = std::sync::OnceLock::new();
+    if SIGNALS.get().is_none() {
+        env::container::install_signal_cleanup(&engine)?;
+        let _ = SIGNALS.set(engine.clone());
     }
-    let script = env::engine::repo_setup_script();
-    if script.exists() {
-        return env::engine::start_with_setup_script(&script);
-    }
-    env::Engine::connect().context("no Docker engine answers; run scripts/setup.sh")
+    Ok(engine)
 }
 
 struct Ask {
