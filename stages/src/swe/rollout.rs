@@ -620,9 +620,20 @@ fn one_rollout(
     run: u32,
     seed: u64,
 ) -> anyhow::Result<(RolloutRecord, RunScore)> {
+    // Everything that shapes a container's answers is in the session label, so a changed
+    // setting never reuses a recorded answer made under another one.
+    let settings = serde_json::to_vec(&serde_json::json!({
+        "instance": inst,
+        "command_timeout_secs": p.command_timeout_secs,
+        "max_observation_chars": p.max_observation_chars,
+        "test_timeout_secs": p.test_timeout_secs,
+        "cpus": p.cpus,
+        "memory_mb": p.memory_mb,
+    }))?;
     let label = format!(
-        "rollout/{policy_name}/{}/{run}/seed{seed}",
-        inst.instance_id
+        "rollout/{policy_name}/{}/{run}/seed{seed}/{}",
+        inst.instance_id,
+        &blake3::hash(&settings).to_hex()[..16]
     );
     let image = match engine {
         Some(e) => Some(instance_image(e, images, archives, inst)?),

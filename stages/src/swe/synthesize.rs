@@ -377,7 +377,19 @@ fn synthesize_package(
     (archive_hash, archive): &(String, Vec<u8>),
     seed: u64,
 ) -> anyhow::Result<(Vec<TaskInstance>, PackageReport)> {
-    let label = format!("synthesize/{}=={}/{}", pkg.name, pkg.version, pkg.sha256);
+    // Everything that shapes a container's answers is in the session label.
+    let settings = serde_json::to_vec(&serde_json::json!({
+        "package": pkg,
+        "image": p.image,
+        "test_timeout_secs": p.test_timeout_secs,
+        "mutate": MUTATE_PY,
+    }))?;
+    let label = format!(
+        "synthesize/{}=={}/{}",
+        pkg.name,
+        pkg.version,
+        &blake3::hash(&settings).to_hex()[..16]
+    );
     let container = match (engine, base_tag) {
         (Some(engine), Some(base)) => {
             let image = ensure_repo_image(engine, base, &pkg.name, archive)?;
