@@ -201,12 +201,20 @@ fn score_table(v: &serde_json::Value) -> Option<String> {
                         "  {:<52} {:>5} {:>8} {:>9} {:>9} {:>5}  {}{}\n",
                         i["instance_id"].as_str()?,
                         r["run"],
-                        if r["resolved"].as_bool()? { "yes" } else { "no" },
+                        if r["resolved"].as_bool()? {
+                            "yes"
+                        } else {
+                            "no"
+                        },
                         pair("fail_to_pass"),
                         pair("pass_to_pass"),
                         r["steps"],
                         r["stop_reason"].as_str().unwrap_or(""),
-                        if r["patch_applied"].as_bool() == Some(false) { " (patch not applied)" } else { "" }
+                        if r["patch_applied"].as_bool() == Some(false) {
+                            " (patch not applied)"
+                        } else {
+                            ""
+                        }
                     ));
                 }
             }
@@ -224,12 +232,19 @@ fn score_table(v: &serde_json::Value) -> Option<String> {
                 v["n"],
                 v["policy"]
             ));
-            out.push_str(&format!("  {:<20} {:>8} {:>4}  first result\n", "task", "correct", "n"));
+            out.push_str(&format!(
+                "  {:<20} {:>8} {:>4}  first result\n",
+                "task", "correct", "n"
+            ));
             for i in instances {
                 let first = i["results"]
                     .as_array()
                     .and_then(|r| r.first())
-                    .map(|r| r.as_str().map(str::to_string).unwrap_or_else(|| r.to_string()))
+                    .map(|r| {
+                        r.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| r.to_string())
+                    })
                     .unwrap_or_default();
                 let first: String = first.chars().take(60).collect();
                 out.push_str(&format!(

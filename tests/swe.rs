@@ -9,7 +9,63 @@
 mod common;
 
 use common::Ledger;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// An OpenAI-compatible `/v1/chat/completions` server on 127.0.0.1: its first answer calls
+/// `bash` (`ls`), the next one `submit`, judged by the assistant turns in the request. Counts
+/// requests.
+fn chat_server() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut line, mut length) = (String::new(), 0usize);
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+                line.clear();
+            }
+            let mut body = vec![0u8; length];
+            reader.read_exact(&mut body).unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert!(
+                req["tools"].as_array().unwrap().len() == 3,
+                "the three tools are offered"
+            );
+            let turns = req["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["role"] == "assistant")
+                .count();
+            let (name, args) = if turns == 0 {
+                ("bash", r#"{\"command\": \"ls\"}"#)
+            } else {
+                ("submit", "{}")
+            };
+            let answer = format!(
+                r#"{{"id":"x","object":"chat.completion","choices":[{{"index":0,"finish_reason":"tool_calls","message":{{"role":"assistant","content":"step {turns}","tool_calls":[{{"id":"c{turns}","type":"function","function":{{"name":"{name}","arguments":"{args}"}}}}]}}}}]}}"#
+            );
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                answer.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    (url, hits)
+}
 
 const PACKAGES: &str = r#"
 [[stage.packages]]
@@ -106,6 +162,7 @@ fn synthesized_instances_rollouts_grading_and_offline_replay() {
     }
     std::env::set_var("DAVINCI_ENV_CACHE", env_cache());
     let l = Ledger::init();
+    let (llm, llm_hits) = chat_server();
     let config = l.config(
         "env.toml",
         &format!(
@@ -140,12 +197,19 @@ id = "empty"
 uses = "rollout"
 inputs = {{ instances = "bugs.heldout" }}
 policy = {{ kind = "empty" }}
+
+[[stage]]
+id = "agent"
+uses = "rollout"
+inputs = {{ instances = "bugs.heldout" }}
+policy = {{ kind = "endpoint", base_url = "{llm}", model = "local-test" }}
 "#
         ),
     );
     let report = l.run_config(&config);
     let steps = report["steps"].as_array().unwrap();
-    let (bugs, rollouts, gold, empty) = (&steps[0], &steps[1], &steps[2], &steps[3]);
+    let (bugs, rollouts, gold, empty, agent) =
+        (&steps[0], &steps[1], &steps[2], &steps[3], &steps[4]);
 
     // Instances: held out by package, each with >= 1 FAIL_TO_PASS and >= 1 PASS_TO_PASS.
     let train = lines(&l, &output(bugs, "instances"));
@@ -220,6 +284,44 @@ policy = {{ kind = "empty" }}
     let score: serde_json::Value =
         serde_json::from_str(&l.ok(["cat", &output(empty, "score")]).stdout).unwrap();
     assert_eq!(score["instances"][0]["runs"][0]["patch_applied"], false);
+
+    // An OpenAI-compatible endpoint as the policy: its answers drive real tool calls, the
+    // trajectory names the policy, and the unresolved submit is graded.
+    assert_eq!(llm_hits.load(Ordering::SeqCst), 2);
+    let t = &lines(&l, &output(agent, "trajectories"))[0];
+    assert_eq!(t["policy"], "endpoint(model=local-test, temperature=0)");
+    assert_eq!(t["stop_reason"], "submitted");
+    assert_eq!(t["resolved"], false);
+    let msgs = t["messages"].as_array().unwrap();
+    assert_eq!(
+        msgs[2]["tool_calls"][0]["function"]["arguments"]["command"],
+        "ls"
+    );
+    assert!(
+        msgs[3]["content"]
+            .as_str()
+            .unwrap()
+            .contains("test_inflection.py"),
+        "{}",
+        msgs[3]
+    );
+    // Its replay needs neither the endpoint nor the engine.
+    let out = l
+        .command(["replay", "--json", &output(agent, "trajectories")])
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        llm_hits.load(Ordering::SeqCst),
+        2,
+        "the replay asked the endpoint nothing"
+    );
 
     // An offline replay: no engine is reachable, every container answer comes from the record.
     let traj = output(rollouts, "trajectories");

@@ -135,13 +135,21 @@ fn grading_a_tiny_python_repo() {
 
     // A test run that exceeds its limit is killed: unresolved, flagged, never a pass.
     let slow = GradeOptions {
-        test_cmd: Some("sleep 30; python3 -m pytest -rA -p no:cacheprovider test_calc.py test_add.py".into()),
+        test_cmd: Some(
+            "sleep 30; python3 -m pytest -rA -p no:cacheprovider test_calc.py test_add.py".into(),
+        ),
         test_timeout: Duration::from_secs(2),
         ..Default::default()
     };
     let r = grading::evaluate(&c, &inst, GOLD, &slow).unwrap();
-    assert!(r.patch_applied && r.tests_timed_out && !r.resolved, "{r:#?}");
-    assert!(r.fail_to_pass.iter().all(|t| t.status.is_none() && !t.passed));
+    assert!(
+        r.patch_applied && r.tests_timed_out && !r.resolved,
+        "{r:#?}"
+    );
+    assert!(r
+        .fail_to_pass
+        .iter()
+        .all(|t| t.status.is_none() && !t.passed));
 
     // The default test command runs the files the test patch touches.
     let r = grading::evaluate(&c, &inst, GOLD, &GradeOptions::default()).unwrap();
