@@ -200,7 +200,7 @@ fn score_table(v: &serde_json::Value) -> Option<String> {
                     out.push_str(&format!(
                         "  {:<52} {:>5} {:>8} {:>9} {:>9} {:>5}  {}{}\n",
                         i["instance_id"].as_str()?,
-                        r["run"],
+                        r["run"].to_string(),
                         if r["resolved"].as_bool()? {
                             "yes"
                         } else {
@@ -208,7 +208,7 @@ fn score_table(v: &serde_json::Value) -> Option<String> {
                         },
                         pair("fail_to_pass"),
                         pair("pass_to_pass"),
-                        r["steps"],
+                        r["steps"].to_string(),
                         r["stop_reason"].as_str().unwrap_or(""),
                         if r["patch_applied"].as_bool() == Some(false) {
                             " (patch not applied)"
@@ -250,8 +250,8 @@ fn score_table(v: &serde_json::Value) -> Option<String> {
                 out.push_str(&format!(
                     "  {:<20} {:>8} {:>4}  {first}\n",
                     i["task_id"].as_str()?,
-                    i["correct"],
-                    i["n"]
+                    i["correct"].to_string(),
+                    i["n"].to_string()
                 ));
             }
         }
