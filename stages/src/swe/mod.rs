@@ -390,7 +390,7 @@ mod tests {
     fn timings_are_normalized_and_other_numbers_kept() {
         assert_eq!(
             normalize(b"5 passed in 0.52s\nline 12 took 30ms, x1s"),
-            "5 passed in <T>\nline 12 took <T>, x1s"
+            "5 passed in <T>s\nline 12 took <T>ms, x1s"
         );
         assert_eq!(
             normalize(br#"{"exit_code":0,"duration_ms":1234}"#),
