@@ -2,8 +2,10 @@
 # Evaluated instances per minute with N parallel containers: the `rollout` stage grading gold
 # patches (apply + full test suite per instance, each in a fresh container) on instances
 # synthesized from the quickstart's three PyPI projects, at N = 1, 2, 4 (BENCH_EVAL_PARALLEL),
-# and HumanEval canonical programs per minute at the same N. Every step executes for real
-# (each N is a different action); observations already recorded are re-performed anyway.
+# and HumanEval canonical programs per minute at the same N. Every step executes for real:
+# each N is a different action, rollouts re-perform recorded container actions, and each N's
+# HumanEval programs get their own time limit (part of the observation key), so none is
+# answered from an earlier N's record.
 #
 #   bench/eval.sh            # needs a Docker engine (scripts/setup.sh) and PyPI
 set -euo pipefail
@@ -20,7 +22,7 @@ parallel=${BENCH_EVAL_PARALLEL:-1 2 4}
         | sed 's/^bugs_per_package = .*/bugs_per_package = 4/; s/^candidates_per_package = .*/candidates_per_package = 12/'
     for n in $parallel; do
         printf '\n[[stage]]\nid = "gold-%s"\nuses = "rollout"\ninputs = { instances = "bugs.instances" }\npolicy = { kind = "gold" }\nparallel = %s\n' "$n" "$n"
-        printf '\n[[stage]]\nid = "heval-%s"\nuses = "humaneval"\npolicy = "canonical"\nlimit = 40\nparallel = %s\n' "$n" "$n"
+        printf '\n[[stage]]\nid = "heval-%s"\nuses = "humaneval"\npolicy = "canonical"\nlimit = 40\nparallel = %s\ntimeout_secs = %s\n' "$n" "$n" "$((10 + n))"
     done
 } > "$work/bench.toml"
 
