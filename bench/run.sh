@@ -4,8 +4,12 @@
 #
 #   bench/run.sh                          # full run: a 1 GiB file, 200,000 batched events
 #   BENCH_INGEST_MIB=64 bench/run.sh      # quick run on a 64 MiB file
+#   bench/run.sh big                      # a 1,000,000-event, 10,000-artifact ledger
+#                                         # (benches/big_ledger.rs): creation, verify vs b3sum,
+#                                         # lineage, replay
 #
-# Other knobs: BENCH_EVENTS (batched events per run), BENCH_UNBATCHED_EVENTS, BENCH_ROUNDS.
+# Other knobs: BENCH_EVENTS (batched events per run), BENCH_UNBATCHED_EVENTS, BENCH_ROUNDS;
+# for `big`: BIG_EVENTS, BIG_FILES, BIG_SHARDS, BIG_FILE_KIB, BIG_ROUNDS, BIG_KEEP, BIG_REUSE.
 # The numbers are only as quiet as the machine: stop other heavy work (builds) first.
 set -euo pipefail
 
@@ -19,4 +23,8 @@ if ! command -v b3sum >/dev/null 2>&1; then
     cargo install b3sum --locked
 fi
 
+if [ "${1:-}" = big ]; then
+    shift
+    exec cargo bench --bench big_ledger "$@"
+fi
 exec cargo bench --bench ledger "$@"

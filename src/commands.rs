@@ -467,6 +467,33 @@ pub fn run(ctx: &Context, config: &Path, progress: bool, json: bool) -> Result<E
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn ablate(ctx: &Context, file: &Path, progress: bool, json: bool) -> Result<ExitCode> {
+    let registry = stages::registry();
+    // Every arm's config is loaded and every metric checked before the ledger is touched.
+    let ablation = replay::Ablation::load(file, &registry)?;
+    let mut ledger = ctx.writer_or_init()?;
+    let report = replay::ablate(&mut ledger, &registry, &ablation, &RunOptions { progress })?;
+    if json {
+        print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "ablation `{}` ({}): {} arms",
+        report.ablation,
+        report.file,
+        report.arms.len()
+    );
+    for arm in &report.arms {
+        println!("  {:<16} run {}  ({})", arm.name, arm.run_id, arm.config);
+    }
+    println!();
+    print!("{}", report.to_table());
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn replay(
     ctx: &Context,
     what: &str,

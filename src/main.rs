@@ -66,6 +66,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run every arm of an ablation file in this ledger (shared steps come from the run cache)
+    /// and print one row per arm, one column per metric.
+    Ablate {
+        file: PathBuf,
+        /// Hide progress bars.
+        #[arg(long)]
+        no_progress: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Rebuild an artifact from its lineage and check it bit for bit
     /// (exit 0 bit-identical, 3 not reproducible, 1 error).
     Replay {
@@ -168,6 +178,11 @@ fn main() -> ExitCode {
             no_progress,
             json,
         } => commands::run(&ctx, &config, !no_progress, json),
+        Command::Ablate {
+            file,
+            no_progress,
+            json,
+        } => commands::ablate(&ctx, &file, !no_progress, json),
         Command::Replay {
             hash,
             check,

@@ -7,6 +7,8 @@ use crate::error::Result;
 use crate::event::{EventKind, RunStatus};
 use crate::hash::Hash;
 use crate::log::{Stored, Tail};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::path::Path;
 
 #[derive(Clone)]
@@ -136,45 +138,35 @@ impl Index {
     }
 
     fn apply_one(&self, s: &Stored) -> Result<()> {
-        let seq = s.event.seq.to_be_bytes();
-        let mut loc = Vec::with_capacity(40);
-        loc.extend_from_slice(&s.offset.to_be_bytes());
-        loc.extend_from_slice(s.id.as_bytes());
-        self.events.insert(seq, loc)?;
-        match &s.event.kind {
-            EventKind::ArtifactAdded(a) => self.introduce(&a.hash, &seq)?,
-            EventKind::RunStarted(r) => {
-                self.introduce(&r.config, &seq)?;
-                self.runs.insert(cat(&r.run_id, &seq), &[])?;
-            }
-            EventKind::StageRun(run) => {
-                self.runs.insert(cat(&run.run_id, &seq), &[])?;
-                for (_, input) in &run.inputs {
-                    self.consumers.insert(cat(input, &seq), &[])?;
+        changes(s, |change| {
+            match change {
+                Change::Located { seq, offset, id } => {
+                    self.events.insert(seq, &located(offset, id)[..])?;
                 }
-                if let RunStatus::Succeeded = run.status {
-                    for o in &run.outputs {
-                        self.introduce(&o.hash, &seq)?;
-                    }
-                    self.actions.insert(run.action_key.as_bytes(), &seq)?;
+                Change::Introduced { hash, seq } => self.introduce(hash, &seq)?,
+                Change::RunEvent { run, seq } => {
+                    self.runs.insert(cat(run, &seq), &[])?;
                 }
-            }
-            EventKind::Observation(o) => {
-                self.introduce(&o.response, &seq)?;
-                self.observations
-                    .compare_and_swap(o.request.as_bytes(), None as Option<&[u8]>, Some(&seq))?
-                    .ok();
-            }
-            EventKind::Tag(t) => {
-                self.tags.insert(t.name.as_bytes(), t.target.as_bytes())?;
-            }
-            EventKind::Collected(c) => {
-                for h in &c.hashes {
-                    self.collected.insert(h.as_bytes(), &seq)?;
+                Change::Consumed { hash, seq } => {
+                    self.consumers.insert(cat(hash, &seq), &[])?;
+                }
+                Change::Action { key, seq } => {
+                    self.actions.insert(key.as_bytes(), &seq)?;
+                }
+                Change::Observed { request, seq } => {
+                    self.observations
+                        .compare_and_swap(request.as_bytes(), None as Option<&[u8]>, Some(&seq))?
+                        .ok();
+                }
+                Change::Tagged { name, target } => {
+                    self.tags.insert(name.as_bytes(), target.as_bytes())?;
+                }
+                Change::Collected { hash, seq } => {
+                    self.collected.insert(hash.as_bytes(), &seq)?;
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Records the first event that brought an artifact's bytes; bytes brought again after a
@@ -288,29 +280,282 @@ impl Index {
         Ok(self.runs.scan_prefix(hash.as_bytes()).next().is_some())
     }
 
-    /// The trees whose entries differ from `other`'s, with both entry counts. Streams both
-    /// sides in key order, so memory stays flat however large the index.
-    pub fn differences(&self, other: &Index) -> Result<Vec<(&'static str, usize, usize)>> {
-        let mut out = Vec::new();
-        for ((name, ours), theirs) in TREES.iter().zip(self.trees()).zip(other.trees()) {
-            let mut a = ours.iter();
-            let mut b = theirs.iter();
-            let mut same = true;
-            loop {
-                match (a.next().transpose()?, b.next().transpose()?) {
-                    (None, None) => break,
-                    (Some(x), Some(y)) if x == y => {}
-                    _ => {
-                        same = false;
-                        break;
+    /// Each tree's entry count and digest, in `TREES` order (see `Expected`); the trees are
+    /// read on threads of their own.
+    pub fn digests(&self, keys: &DigestKeys) -> Result<[TreeDigest; 8]> {
+        let digest = |tree: &sled::Tree| -> Result<TreeDigest> {
+            let mut d = TreeDigest::default();
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                d.add(keys, &k, &v);
+            }
+            Ok(d)
+        };
+        let mut out = [TreeDigest::default(); 8];
+        std::thread::scope(|s| -> Result<()> {
+            let jobs: Vec<_> = self
+                .trees()
+                .into_iter()
+                .map(|tree| s.spawn(move || digest(tree)))
+                .collect();
+            for (slot, job) in out.iter_mut().zip(jobs) {
+                *slot = job.join().expect("a digest thread does not panic")?;
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}
+
+/// The trees whose digests differ, with both entry counts: (tree, index, log).
+pub fn differences(
+    index: &[TreeDigest; 8],
+    expected: &[TreeDigest; 8],
+) -> Vec<(&'static str, u64, u64)> {
+    TREES
+        .iter()
+        .zip(index.iter().zip(expected))
+        .filter(|(_, (a, b))| a != b)
+        .map(|(name, (a, b))| (*name, a.count, b.count))
+        .collect()
+}
+
+/// One change an event makes to the index. `Index::apply_one` and `Expected::learn` both take
+/// their changes from `changes`, so the check cannot drift from what indexing does.
+#[derive(Clone, Copy, Debug)]
+enum Change<'a> {
+    /// `events`: seq → offset ++ event id.
+    Located {
+        seq: [u8; 8],
+        offset: u64,
+        id: &'a Hash,
+    },
+    /// `artifacts`: the first event wins; clears an older `collected` entry.
+    Introduced { hash: &'a Hash, seq: [u8; 8] },
+    /// `runs`: run id ++ seq.
+    RunEvent { run: &'a Hash, seq: [u8; 8] },
+    /// `consumers`: artifact ++ seq.
+    Consumed { hash: &'a Hash, seq: [u8; 8] },
+    /// `actions`: the latest successful run wins.
+    Action { key: &'a Hash, seq: [u8; 8] },
+    /// `observations`: the first response to a request wins.
+    Observed { request: &'a Hash, seq: [u8; 8] },
+    /// `tags`: the latest wins.
+    Tagged { name: &'a str, target: &'a Hash },
+    /// `collected`: artifact → seq of the gc.
+    Collected { hash: &'a Hash, seq: [u8; 8] },
+}
+
+/// The index changes of one event, in the order they are applied.
+fn changes<'a, E>(
+    s: &'a Stored,
+    mut f: impl FnMut(Change<'a>) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let seq = s.event.seq.to_be_bytes();
+    f(Change::Located {
+        seq,
+        offset: s.offset,
+        id: &s.id,
+    })?;
+    match &s.event.kind {
+        EventKind::ArtifactAdded(a) => f(Change::Introduced { hash: &a.hash, seq }),
+        EventKind::RunStarted(r) => {
+            f(Change::Introduced {
+                hash: &r.config,
+                seq,
+            })?;
+            f(Change::RunEvent {
+                run: &r.run_id,
+                seq,
+            })
+        }
+        EventKind::StageRun(run) => {
+            f(Change::RunEvent {
+                run: &run.run_id,
+                seq,
+            })?;
+            for (_, input) in &run.inputs {
+                f(Change::Consumed { hash: input, seq })?;
+            }
+            if let RunStatus::Succeeded = run.status {
+                for o in &run.outputs {
+                    f(Change::Introduced { hash: &o.hash, seq })?;
+                }
+                f(Change::Action {
+                    key: &run.action_key,
+                    seq,
+                })?;
+            }
+            Ok(())
+        }
+        EventKind::Observation(o) => {
+            f(Change::Introduced {
+                hash: &o.response,
+                seq,
+            })?;
+            f(Change::Observed {
+                request: &o.request,
+                seq,
+            })
+        }
+        EventKind::Tag(t) => f(Change::Tagged {
+            name: &t.name,
+            target: &t.target,
+        }),
+        EventKind::Collected(c) => {
+            for hash in &c.hashes {
+                f(Change::Collected { hash, seq })?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn located(offset: u64, id: &Hash) -> [u8; 40] {
+    let mut loc = [0u8; 40];
+    loc[..8].copy_from_slice(&offset.to_be_bytes());
+    loc[8..].copy_from_slice(id.as_bytes());
+    loc
+}
+
+/// Secret keys of the entry hash, fresh for every check, so no crafted index can be made to
+/// match a log it does not describe.
+#[derive(Clone)]
+pub struct DigestKeys([RandomState; 2]);
+
+impl DigestKeys {
+    pub fn new() -> DigestKeys {
+        DigestKeys([RandomState::new(), RandomState::new()])
+    }
+}
+
+impl Default for DigestKeys {
+    fn default() -> Self {
+        DigestKeys::new()
+    }
+}
+
+/// An order-independent digest of a tree: its entry count and the wrapping sum of a keyed
+/// 128-bit hash of each (key, value). Equal trees have equal digests; a tree with any entry
+/// added, removed or changed differs with overwhelming probability.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TreeDigest {
+    pub count: u64,
+    sum: u128,
+}
+
+impl TreeDigest {
+    fn add(&mut self, keys: &DigestKeys, k: &[u8], v: &[u8]) {
+        let half = |state: &RandomState| {
+            let mut h = state.build_hasher();
+            h.write_usize(k.len());
+            h.write(k);
+            h.write(v);
+            h.finish()
+        };
+        let entry = (u128::from(half(&keys.0[0])) << 64) | u128::from(half(&keys.0[1]));
+        self.count += 1;
+        self.sum = self.sum.wrapping_add(entry);
+    }
+}
+
+/// The index a log implies, built in memory while the log is read, as compactly as the check
+/// needs: the trees whose keys no two events share (`events`, `runs`, `consumers`) only as
+/// digests, the others (one entry per artifact, action, request, tag or collected blob) as
+/// maps, since later events change their entries.
+pub struct Expected {
+    keys: DigestKeys,
+    events: TreeDigest,
+    runs: TreeDigest,
+    consumers: TreeDigest,
+    /// `consumers` keys of the current event (an input may be named twice).
+    consumed: Vec<[u8; 40]>,
+    artifacts: HashMap<Hash, [u8; 8]>,
+    actions: HashMap<Hash, [u8; 8]>,
+    observations: HashMap<Hash, [u8; 8]>,
+    tags: HashMap<String, Hash>,
+    collected: HashMap<Hash, [u8; 8]>,
+}
+
+impl Expected {
+    /// An empty expectation whose digests use `keys` (the same as the index's).
+    pub fn new(keys: DigestKeys) -> Expected {
+        Expected {
+            keys,
+            events: TreeDigest::default(),
+            runs: TreeDigest::default(),
+            consumers: TreeDigest::default(),
+            consumed: Vec::new(),
+            artifacts: HashMap::new(),
+            actions: HashMap::new(),
+            observations: HashMap::new(),
+            tags: HashMap::new(),
+            collected: HashMap::new(),
+        }
+    }
+
+    /// Applies one event (in log order), as `Index::apply` would.
+    pub fn learn(&mut self, s: &Stored) {
+        self.consumed.clear();
+        let Ok(()) = changes::<std::convert::Infallible>(s, |change| {
+            match change {
+                Change::Located { seq, offset, id } => {
+                    self.events.add(&self.keys, &seq, &located(offset, id))
+                }
+                Change::Introduced { hash, seq } => {
+                    self.artifacts.entry(*hash).or_insert(seq);
+                    if self.collected.get(hash).is_some_and(|at| *at < seq) {
+                        self.collected.remove(hash);
                     }
                 }
+                Change::RunEvent { run, seq } => self.runs.add(&self.keys, &cat(run, &seq), &[]),
+                Change::Consumed { hash, seq } => {
+                    let key: [u8; 40] = cat(hash, &seq).try_into().expect("40 bytes");
+                    if !self.consumed.contains(&key) {
+                        self.consumed.push(key);
+                        self.consumers.add(&self.keys, &key, &[]);
+                    }
+                }
+                Change::Action { key, seq } => {
+                    self.actions.insert(*key, seq);
+                }
+                Change::Observed { request, seq } => {
+                    self.observations.entry(*request).or_insert(seq);
+                }
+                Change::Tagged { name, target } => {
+                    self.tags.insert(name.to_string(), *target);
+                }
+                Change::Collected { hash, seq } => {
+                    self.collected.insert(*hash, seq);
+                }
             }
-            if !same {
-                out.push((*name, ours.len(), theirs.len()));
+            Ok(())
+        });
+    }
+
+    /// Each tree's digest, in `TREES` order.
+    pub fn digests(&self) -> [TreeDigest; 8] {
+        let map = |m: &HashMap<Hash, [u8; 8]>| {
+            let mut d = TreeDigest::default();
+            for (k, v) in m {
+                d.add(&self.keys, k.as_bytes(), v);
             }
+            d
+        };
+        let mut tags = TreeDigest::default();
+        for (name, target) in &self.tags {
+            tags.add(&self.keys, name.as_bytes(), target.as_bytes());
         }
-        Ok(out)
+        [
+            self.events,
+            map(&self.artifacts),
+            map(&self.actions),
+            self.runs,
+            tags,
+            map(&self.observations),
+            self.consumers,
+            map(&self.collected),
+        ]
     }
 }
 

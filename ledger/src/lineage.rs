@@ -5,7 +5,7 @@ use crate::event::{EventKind, Origin, StageRun};
 use crate::hash::Hash;
 use crate::ledger::Ledger;
 use serde::Serialize;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write;
 
 /// How an artifact's bytes entered the ledger.
@@ -83,6 +83,24 @@ impl StepNode {
 
 /// What `hash` is and where it came from.
 pub fn describe(ledger: &Ledger, hash: &Hash) -> Result<ArtifactInfo> {
+    describe_with(ledger, hash, &tags_by_target(ledger)?)
+}
+
+/// Every tag name, by the artifact it points at (read once for a whole lineage: a ledger may
+/// hold thousands of tags).
+fn tags_by_target(ledger: &Ledger) -> Result<HashMap<Hash, Vec<String>>> {
+    let mut tags: HashMap<Hash, Vec<String>> = HashMap::new();
+    for (name, target) in ledger.index().tags()? {
+        tags.entry(target).or_default().push(name);
+    }
+    Ok(tags)
+}
+
+fn describe_with(
+    ledger: &Ledger,
+    hash: &Hash,
+    tags: &HashMap<Hash, Vec<String>>,
+) -> Result<ArtifactInfo> {
     let stored = ledger
         .introducer(hash)?
         .ok_or_else(|| Error::NotFound(format!("no artifact {hash} in the ledger")))?;
@@ -130,13 +148,7 @@ pub fn describe(ledger: &Ledger, hash: &Hash) -> Result<ArtifactInfo> {
             )))
         }
     };
-    let tags = ledger
-        .index()
-        .tags()?
-        .into_iter()
-        .filter(|(_, h)| h == hash)
-        .map(|(n, _)| n)
-        .collect();
+    let tags = tags.get(hash).cloned().unwrap_or_default();
     Ok(ArtifactInfo {
         hash: hash.to_hex(),
         size,
@@ -160,11 +172,12 @@ pub fn lineage(ledger: &Ledger, root: &Hash) -> Result<Lineage> {
     let mut artifacts = BTreeMap::new();
     let mut steps = BTreeMap::new();
     let mut queue = VecDeque::from([*root]);
+    let tags = tags_by_target(ledger)?;
     while let Some(hash) = queue.pop_front() {
         if artifacts.contains_key(&hash.to_hex()) {
             continue;
         }
-        let info = describe(ledger, &hash)?;
+        let info = describe_with(ledger, &hash, &tags)?;
         if let Provenance::Output { seq, step, .. } = &info.provenance {
             if !steps.contains_key(seq) {
                 for (_, input) in &step.inputs {

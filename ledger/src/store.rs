@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 const CHUNK: usize = 1 << 20;
+/// Blobs up to this size are rehashed in one read (a hashing thread costs more than it saves).
+const SMALL_BLOB: u64 = 4 << 20;
 
 #[derive(Clone, Debug)]
 pub struct BlobStore {
@@ -164,9 +166,20 @@ impl BlobStore {
         Ok(out)
     }
 
-    /// Rehashes a stored blob.
+    /// Rehashes a stored blob: small ones in one read on this thread, larger ones streamed
+    /// with the read beside the hash.
     pub fn rehash(&self, hash: &Hash) -> Result<(Hash, u64)> {
         let mut f = self.open(hash)?;
+        let len = f
+            .metadata()
+            .map_err(|e| Error::io(&self.path(hash), e))?
+            .len();
+        if len <= SMALL_BLOB {
+            let mut bytes = Vec::with_capacity(len as usize);
+            f.read_to_end(&mut bytes)
+                .map_err(|e| Error::io(&self.path(hash), e))?;
+            return Ok((Hash::of(&bytes), bytes.len() as u64));
+        }
         hash_and_copy(
             &mut f,
             &mut io::sink(),

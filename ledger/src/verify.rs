@@ -1,15 +1,25 @@
 //! `ledger verify`: rehash every blob, walk the hash chain, check the index against the log,
 //! and name every artifact downstream of a damaged one.
+//!
+//! The three passes run at once: blobs are rehashed on worker threads, the index's trees are
+//! read into order-independent digests on another, and this thread walks the log, building
+//! the digests the index should have (`index::Expected`, from the same event → entries mapping
+//! indexing uses). No second index is built.
 
 use crate::error::Result;
 use crate::event::{Event, EventKind, RunStatus};
 use crate::hash::Hash;
-use crate::index::Index;
+use crate::index::{differences, DigestKeys, Expected};
 use crate::ledger::Ledger;
 use crate::log::Frame;
 use indicatif::ProgressBar;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+/// At most this many threads rehash blobs (beside the log walk and the index check).
+const MAX_REHASH_THREADS: usize = 8;
 
 #[derive(Debug, Serialize)]
 pub struct Problem {
@@ -28,6 +38,9 @@ pub struct VerifyReport {
     /// Artifacts built from damaged or missing ones, each with the damaged ancestor it depends on.
     pub downstream: BTreeMap<String, String>,
     pub warnings: Vec<String>,
+    /// Where the time went: the log walk, the index digests, the wait for the blob rehash
+    /// (which runs beside both), and the total.
+    pub phase_seconds: BTreeMap<String, f64>,
 }
 
 impl VerifyReport {
@@ -88,60 +101,124 @@ impl LogFacts {
 }
 
 pub fn verify(ledger: &Ledger, progress: &ProgressBar) -> Result<VerifyReport> {
+    let started = Instant::now();
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     let mut facts = LogFacts::default();
+    let mut phase_seconds = BTreeMap::new();
     // Artifacts named by damaged events: their provenance can no longer be trusted.
     let mut damaged: BTreeMap<Hash, String> = BTreeMap::new();
 
-    // 1. The hash chain, rebuilding a private index from what is intact.
-    progress.set_message("walking the event log");
-    let rebuilt = Index::temporary()?;
-    let mut scanner = ledger.scan()?;
-    let mut batch = Vec::new();
+    // The log as it is now (a scanner reads up to the length it found on opening), then the
+    // blobs: blobs are stored before the events naming them, so every event walked has its
+    // blob listed, even while a writer appends.
+    let scanner = ledger.scan()?;
+    let blobs = ledger.store().list()?;
+    progress.set_length(blobs.len() as u64);
+    progress.set_message("walking the event log, checking the index, rehashing blobs");
+    // The index describes the events before its tail; a writer may append more meanwhile
+    // (when this reader built a private index because the writer holds the persistent one).
+    let index_tail = ledger.index().tail()?.next_seq;
+    let check_index = ledger.index_problem().is_none();
+    let keys = DigestKeys::new();
+    let mut expected = Expected::new(keys.clone());
     let mut chain_broken = false;
-    while let Some(frame) = scanner.next() {
-        match frame? {
-            Frame::Good(stored) => {
-                facts.learn(&stored.event);
-                batch.push(stored);
-                if batch.len() >= 8192 {
-                    rebuilt.apply(&batch, scanner.tail())?;
-                    batch.clear();
-                }
-            }
-            Frame::Torn { offset, bytes } => warnings.push(format!(
-                "{}: {bytes} bytes of an interrupted append at byte {offset} (discarded by the next writer)",
-                ledger.log_path().display()
-            )),
-            Frame::Damaged {
-                offset,
-                reason,
-                event,
-            } => {
-                chain_broken = true;
-                let mut detail = reason;
-                if let Some(event) = event {
-                    detail.push_str(&format!(
-                        "; the record claims to be event #{} ({})",
-                        event.seq,
-                        event.kind.name()
-                    ));
-                    for h in event.artifacts() {
-                        damaged
-                            .entry(h)
-                            .or_insert_with(|| format!("named by a damaged event at byte {offset}"));
+    let next = AtomicUsize::new(0);
+
+    // Three independent jobs at once: the index's digests, the blobs' hashes (over the
+    // available cores) and, on this thread, the walk of the log.
+    let (index_digests, rehashed) = std::thread::scope(|s| -> Result<_> {
+        let index_job = check_index.then(|| {
+            s.spawn(|| {
+                let t = Instant::now();
+                ledger.index().digests(&keys).map(|d| (d, t.elapsed()))
+            })
+        });
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_REHASH_THREADS)
+            .min(blobs.len().max(1));
+        let blob_jobs: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| -> Result<Vec<(usize, Hash, u64)>> {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(hash) = blobs.get(i) else {
+                            return Ok(out);
+                        };
+                        let (actual, size) = ledger.store().rehash(hash)?;
+                        progress.inc(1);
+                        out.push((i, actual, size));
+                    }
+                })
+            })
+            .collect();
+
+        // 1. The hash chain, and the index it implies.
+        let t = Instant::now();
+        for frame in scanner {
+            match frame? {
+                Frame::Good(stored) => {
+                    facts.learn(&stored.event);
+                    if check_index && stored.event.seq < index_tail {
+                        expected.learn(&stored);
                     }
                 }
-                problems.push(Problem {
-                    kind: "log",
-                    subject: format!("{} byte {offset}", ledger.log_path().display()),
-                    detail,
-                });
+                Frame::Torn { offset, bytes } => warnings.push(format!(
+                    "{}: {bytes} bytes of an interrupted append at byte {offset} (discarded by the next writer)",
+                    ledger.log_path().display()
+                )),
+                Frame::Damaged {
+                    offset,
+                    reason,
+                    event,
+                } => {
+                    chain_broken = true;
+                    let mut detail = reason;
+                    if let Some(event) = event {
+                        detail.push_str(&format!(
+                            "; the record claims to be event #{} ({})",
+                            event.seq,
+                            event.kind.name()
+                        ));
+                        for h in event.artifacts() {
+                            damaged.entry(h).or_insert_with(|| {
+                                format!("named by a damaged event at byte {offset}")
+                            });
+                        }
+                    }
+                    problems.push(Problem {
+                        kind: "log",
+                        subject: format!("{} byte {offset}", ledger.log_path().display()),
+                        detail,
+                    });
+                }
             }
         }
-    }
-    rebuilt.apply(&batch, scanner.tail())?;
+        phase_seconds.insert("log walk".to_string(), t.elapsed().as_secs_f64());
+
+        let t = Instant::now();
+        let mut rehashed = vec![(Hash::ZERO, 0); blobs.len()];
+        for job in blob_jobs {
+            for (i, actual, size) in job.join().expect("a rehash thread does not panic")? {
+                rehashed[i] = (actual, size);
+            }
+        }
+        let index_digests = match index_job {
+            Some(job) => {
+                let (digests, took) = job.join().expect("the index thread does not panic")?;
+                phase_seconds.insert("index digests".to_string(), took.as_secs_f64());
+                Some(digests)
+            }
+            None => None,
+        };
+        phase_seconds.insert(
+            "waiting for blobs and index".to_string(),
+            t.elapsed().as_secs_f64(),
+        );
+        Ok((index_digests, rehashed))
+    })?;
 
     // 2. The index against the log.
     if let Some(problem) = ledger.index_problem() {
@@ -150,9 +227,8 @@ pub fn verify(ledger: &Ledger, progress: &ProgressBar) -> Result<VerifyReport> {
             subject: "index".into(),
             detail: problem.to_string(),
         });
-    } else if !chain_broken {
-        progress.set_message("checking the index");
-        for (tree, ours, theirs) in ledger.index().differences(&rebuilt)? {
+    } else if let (false, Some(ours)) = (chain_broken, index_digests) {
+        for (tree, ours, theirs) in differences(&ours, &expected.digests()) {
             problems.push(Problem {
                 kind: "index",
                 subject: format!("index tree `{tree}`"),
@@ -162,17 +238,13 @@ pub fn verify(ledger: &Ledger, progress: &ProgressBar) -> Result<VerifyReport> {
             });
         }
     }
+    drop(expected);
 
     // 3. Every blob against its address, and every artifact against the store.
-    let blobs = ledger.store().list()?;
-    progress.set_length(blobs.len() as u64);
-    progress.set_message("rehashing blobs");
     let mut blob_bytes = 0;
     let stored: BTreeSet<Hash> = blobs.iter().copied().collect();
-    for hash in &blobs {
-        let (actual, size) = ledger.store().rehash(hash)?;
+    for (hash, (actual, size)) in blobs.iter().zip(rehashed) {
         blob_bytes += size;
-        progress.inc(1);
         if actual != *hash {
             damaged.insert(*hash, "its bytes were altered".into());
             problems.push(Problem {
@@ -232,6 +304,7 @@ pub fn verify(ledger: &Ledger, progress: &ProgressBar) -> Result<VerifyReport> {
     }
 
     progress.finish_and_clear();
+    phase_seconds.insert("total".to_string(), started.elapsed().as_secs_f64());
     Ok(VerifyReport {
         events: facts.events,
         blobs: blobs.len() as u64,
@@ -239,5 +312,6 @@ pub fn verify(ledger: &Ledger, progress: &ProgressBar) -> Result<VerifyReport> {
         problems,
         downstream,
         warnings,
+        phase_seconds,
     })
 }

@@ -11,6 +11,7 @@
 //!
 //! Intact ancestors are reused. `repeat` re-executes the chosen steps N times.
 
+use crate::explain::{explain, Divergence};
 use anyhow::{anyhow, bail, Context, Result};
 use ledger::event::{EventKind, StageRun};
 use ledger::lineage::{describe, lineage, Provenance, StepNode};
@@ -57,8 +58,11 @@ pub struct OutputCheck {
     pub recorded: String,
     pub rebuilt: Option<String>,
     pub identical: bool,
-    /// Where the bytes first differ, when they do.
+    /// How the rebuilt output differs, for people (the text of `divergence`).
     pub first_difference: Option<String>,
+    /// How the rebuilt output differs: tensors of a checkpoint, records of scores, fields of
+    /// JSON, or the first differing byte.
+    pub divergence: Option<Divergence>,
 }
 
 #[derive(Debug, Serialize)]
@@ -284,14 +288,15 @@ fn reexecute(
     for recorded in &run.outputs {
         let again = rebuilt.iter().find(|o| o.name == recorded.name);
         let identical = again.is_some_and(|o| o.hash == recorded.hash);
-        let first_difference = match again {
-            None => Some("the re-execution did not produce this output".into()),
+        let divergence = match again {
+            None => Some(Divergence::NotProduced),
             Some(_) if identical => None,
-            Some(o) => Some(first_difference(
+            Some(o) => Some(explain(
                 ledger.store(),
                 &recorded.hash,
                 scratch,
                 &o.hash,
+                &recorded.media_type,
             )),
         };
         outputs.push(OutputCheck {
@@ -299,7 +304,8 @@ fn reexecute(
             recorded: recorded.hash.to_hex(),
             rebuilt: again.map(|o| o.hash.to_hex()),
             identical,
-            first_difference,
+            first_difference: divergence.as_ref().map(|d| d.to_string()),
+            divergence,
         });
     }
     Ok(StepReplay {
@@ -338,50 +344,6 @@ fn verdict(identical: bool) -> Verdict {
     }
 }
 
-const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-
-/// Explains how two versions of an output differ: for line-oriented data (JSONL, also inside
-/// zstd shards) the first differing record; otherwise the first differing byte.
-pub fn first_difference(a_store: &BlobStore, a: &Hash, b_store: &BlobStore, b: &Hash) -> String {
-    let (Ok(mut x), Ok(mut y)) = (a_store.read(a), b_store.read(b)) else {
-        return "the recorded bytes are not in the store to compare".into();
-    };
-    let mut what = "bytes";
-    if x.starts_with(&ZSTD_MAGIC) && y.starts_with(&ZSTD_MAGIC) {
-        if let (Ok(dx), Ok(dy)) = (zstd::decode_all(&x[..]), zstd::decode_all(&y[..])) {
-            (x, y) = (dx, dy);
-            what = "decompressed records";
-        }
-    }
-    let at = x
-        .iter()
-        .zip(&y)
-        .position(|(p, q)| p != q)
-        .unwrap_or(x.len().min(y.len()));
-    let record = x[..at].iter().filter(|&&c| c == b'\n').count() + 1;
-    let line_of = |v: &[u8]| {
-        let start = v[..at.min(v.len())]
-            .iter()
-            .rposition(|&c| c == b'\n')
-            .map_or(0, |p| p + 1);
-        let end = v[start..]
-            .iter()
-            .position(|&c| c == b'\n')
-            .map_or(v.len(), |p| start + p);
-        let column = at - start;
-        let from = column.saturating_sub(60) + start;
-        let text = String::from_utf8_lossy(&v[from..end.min(from + 160)]).into_owned();
-        format!("…{text}")
-    };
-    format!(
-        "{what}: first difference at byte {at}, line/record {record} (recorded {} bytes, rebuilt {} bytes)\n  recorded: {}\n  rebuilt:  {}",
-        x.len(),
-        y.len(),
-        line_of(&x),
-        line_of(&y)
-    )
-}
-
 impl fmt::Display for ReplayReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.steps.is_empty() {
@@ -406,8 +368,8 @@ impl fmt::Display for ReplayReport {
                     &o.recorded[..12],
                     o.rebuilt.as_deref().map_or("-", |r| &r[..12])
                 )?;
-                if let Some(d) = &o.first_difference {
-                    writeln!(f, "       {d}")?;
+                for line in o.first_difference.iter().flat_map(|d| d.lines()) {
+                    writeln!(f, "       {line}")?;
                 }
             }
             if let Some(a) = &s.actions {

@@ -1,0 +1,297 @@
+//! `verify` checks the index against the log without building a second index: these tests
+//! pin that the log-implied index matches what indexing writes for every kind of event
+//! (first-wins, latest-wins, gc and re-introduction, repeated inputs), and that damage to any
+//! tree of the persistent index is reported, naming the tree, until `reindex` repairs it.
+
+use indicatif::ProgressBar;
+use ledger::event::*;
+use ledger::verify::{verify, VerifyReport};
+use ledger::{Hash, Ledger, Wait};
+use std::path::Path;
+
+fn env() -> Environment {
+    Environment {
+        host: "h".into(),
+        os: "linux".into(),
+        arch: "x86_64".into(),
+        threads: 2,
+        device: "cpu".into(),
+        cpu_features: vec![],
+        ledger_version: "0.1.0".into(),
+    }
+}
+
+fn stage_run(
+    run_id: Hash,
+    key: &[u8],
+    inputs: &[Hash],
+    outputs: &[(Hash, u64)],
+    status: RunStatus,
+) -> EventKind {
+    EventKind::StageRun(StageRun {
+        run_id,
+        node: "node".into(),
+        stage: "stage".into(),
+        version: 1,
+        action_key: Hash::of(key),
+        config: "{}".into(),
+        seed: 7,
+        inputs: inputs
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (format!("in{i}"), *h))
+            .collect(),
+        outputs: outputs
+            .iter()
+            .enumerate()
+            .map(|(i, (hash, size))| Output {
+                name: format!("out{i}"),
+                hash: *hash,
+                size: *size,
+                media_type: "text/plain".into(),
+            })
+            .collect(),
+        metrics: vec![("m".into(), 1.0)],
+        env: env(),
+        status,
+        started_ms: 1,
+        ended_ms: 2,
+    })
+}
+
+/// A ledger holding every kind of event, including the cases where index entries are kept,
+/// replaced or removed by later events.
+fn every_kind_of_event(dir: &Path) {
+    Ledger::init(dir).unwrap();
+    let mut l = Ledger::open_writer(dir, Wait::Block).unwrap();
+    let put = |l: &Ledger, bytes: &[u8]| l.store().put_bytes(bytes).unwrap();
+    let (src, src_size) = put(&l, b"source\n");
+    let (config, config_size) = put(&l, b"[experiment]\n");
+    let (out_a, size_a) = put(&l, b"output a\n");
+    let (out_b, size_b) = put(&l, b"output b\n");
+    let (resp, resp_size) = put(&l, b"response\n");
+    let (junk, junk_size) = put(&l, b"collected, then made again\n");
+    let run = Hash::of(b"run 1");
+    l.append(vec![
+        EventKind::ArtifactAdded(ArtifactAdded {
+            hash: src,
+            size: src_size,
+            media_type: "text/plain".into(),
+            origin: Origin::File {
+                path: "src.txt".into(),
+            },
+        }),
+        EventKind::ArtifactAdded(ArtifactAdded {
+            hash: config,
+            size: config_size,
+            media_type: "application/toml".into(),
+            origin: Origin::Config {
+                path: "x.toml".into(),
+            },
+        }),
+        EventKind::RunStarted(RunStarted {
+            run_id: run,
+            experiment: "x".into(),
+            config,
+            config_path: "x.toml".into(),
+        }),
+        // Two responses to one request: the first is the one recorded.
+        EventKind::Observation(Observation {
+            source: "llm".into(),
+            request: Hash::of(b"request"),
+            response: resp,
+            response_size: resp_size,
+        }),
+        EventKind::Observation(Observation {
+            source: "llm".into(),
+            request: Hash::of(b"request"),
+            response: src,
+            response_size: src_size,
+        }),
+        // The same input named twice; outputs introduced; the action recorded.
+        stage_run(
+            run,
+            b"a",
+            &[src, src],
+            &[(out_a, size_a), (junk, junk_size)],
+            RunStatus::Succeeded,
+        ),
+        stage_run(
+            run,
+            b"b",
+            &[out_a],
+            &[],
+            RunStatus::Failed { error: "x".into() },
+        ),
+        stage_run(
+            run,
+            b"a",
+            &[src, src],
+            &[(out_a, size_a), (junk, junk_size)],
+            RunStatus::Cached { source_seq: 5 },
+        ),
+        EventKind::Tag(Tag {
+            name: "best".into(),
+            target: out_a,
+        }),
+    ])
+    .unwrap();
+    // gc removes `junk`; a later step makes it again; a newer run replaces the action.
+    l.append_one(EventKind::Collected(Collected { hashes: vec![junk] }))
+        .unwrap();
+    l.store().remove(&junk).unwrap();
+    put(&l, b"collected, then made again\n");
+    let run2 = Hash::of(b"run 2");
+    l.append(vec![
+        EventKind::RunStarted(RunStarted {
+            run_id: run2,
+            experiment: "x".into(),
+            config,
+            config_path: "x.toml".into(),
+        }),
+        stage_run(
+            run2,
+            b"a",
+            &[src],
+            &[(out_b, size_b), (junk, junk_size)],
+            RunStatus::Succeeded,
+        ),
+        // Re-pointed tag: the latest wins.
+        EventKind::Tag(Tag {
+            name: "best".into(),
+            target: out_b,
+        }),
+    ])
+    .unwrap();
+    // Collected for good.
+    l.append_one(EventKind::Collected(Collected { hashes: vec![resp] }))
+        .unwrap();
+    l.store().remove(&resp).unwrap();
+}
+
+fn verify_dir(dir: &Path) -> VerifyReport {
+    let l = Ledger::open(dir).unwrap();
+    verify(&l, &ProgressBar::hidden()).unwrap()
+}
+
+fn index_problems(report: &VerifyReport) -> Vec<String> {
+    report
+        .problems
+        .iter()
+        .map(|p| {
+            assert_eq!(p.kind, "index", "{p:?}");
+            p.subject.clone()
+        })
+        .collect()
+}
+
+#[test]
+fn the_index_every_kind_of_event_implies_verifies_clean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("l");
+    every_kind_of_event(&dir);
+    let report = verify_dir(&dir);
+    assert!(report.clean(), "{:?}", report.problems);
+    assert_eq!(report.events, 14);
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    // And so does a rebuilt one.
+    Ledger::reindex(&dir, Wait::Block).unwrap();
+    assert!(verify_dir(&dir).clean());
+}
+
+/// Edits one tree of the persistent index directly, as damage would.
+fn damage(dir: &Path, edit: impl FnOnce(&sled::Db)) {
+    let db = sled::open(dir.join("index")).unwrap();
+    edit(&db);
+    db.flush().unwrap();
+}
+
+#[test]
+fn damage_to_any_index_tree_is_named_until_reindex() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("l");
+    every_kind_of_event(&dir);
+
+    type Edit = Box<dyn Fn(&sled::Db)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        // A lost entry.
+        (
+            "events",
+            Box::new(|db| {
+                db.open_tree("events")
+                    .unwrap()
+                    .remove(3u64.to_be_bytes())
+                    .unwrap();
+            }),
+        ),
+        // A changed value: the artifact now seems introduced by another event.
+        (
+            "artifacts",
+            Box::new(|db| {
+                let t = db.open_tree("artifacts").unwrap();
+                let (k, _) = t.iter().next().unwrap().unwrap();
+                t.insert(k, &9u64.to_be_bytes()).unwrap();
+            }),
+        ),
+        // An entry the log never implied.
+        (
+            "consumers",
+            Box::new(|db| {
+                let mut k = Hash::of(b"nobody").0.to_vec();
+                k.extend_from_slice(&5u64.to_be_bytes());
+                db.open_tree("consumers").unwrap().insert(k, &[]).unwrap();
+            }),
+        ),
+        (
+            "tags",
+            Box::new(|db| {
+                let t = db.open_tree("tags").unwrap();
+                t.insert("best", Hash::of(b"elsewhere").as_bytes()).unwrap();
+            }),
+        ),
+        (
+            "observations",
+            Box::new(|db| {
+                db.open_tree("observations").unwrap().clear().unwrap();
+            }),
+        ),
+        (
+            "collected",
+            Box::new(|db| {
+                let t = db.open_tree("collected").unwrap();
+                let (k, _) = t.iter().next().unwrap().unwrap();
+                t.remove(k).unwrap();
+            }),
+        ),
+        (
+            "actions",
+            Box::new(|db| {
+                let t = db.open_tree("actions").unwrap();
+                t.insert(Hash::of(b"a").as_bytes(), &5u64.to_be_bytes())
+                    .unwrap();
+            }),
+        ),
+        (
+            "runs",
+            Box::new(|db| {
+                let t = db.open_tree("runs").unwrap();
+                let (k, _) = t.iter().next_back().unwrap().unwrap();
+                t.remove(k).unwrap();
+            }),
+        ),
+    ];
+    for (tree, edit) in cases {
+        damage(&dir, edit);
+        let report = verify_dir(&dir);
+        assert_eq!(
+            index_problems(&report),
+            [format!("index tree `{tree}`")],
+            "damage to `{tree}` is reported, and only there"
+        );
+        let detail = &report.problems[0].detail;
+        assert!(detail.contains("`ledger reindex` rebuilds it"), "{detail}");
+        Ledger::reindex(&dir, Wait::Block).unwrap();
+        let report = verify_dir(&dir);
+        assert!(report.clean(), "after reindex: {:?}", report.problems);
+    }
+}
