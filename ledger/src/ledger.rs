@@ -32,6 +32,8 @@ pub struct Ledger {
     index: Index,
     /// Why this reader fell back to a private index, if it did (reported by `verify`).
     index_problem: Option<String>,
+    /// sled could not open its files: derived data lost, not ledger data.
+    index_unreadable: bool,
     writer: Option<(log::Writer, WriterLock)>,
 }
 
@@ -69,6 +71,7 @@ impl Ledger {
             }
         };
         let mut ledger = Ledger::assemble(dir, log_path, index)?;
+        ledger.index_unreadable = problem.is_some();
         ledger.index_problem = problem;
         ledger.catch_up(false)?;
         Ok(ledger)
@@ -131,6 +134,7 @@ impl Ledger {
             log_file,
             index,
             index_problem: None,
+            index_unreadable: false,
             writer: None,
         })
     }
@@ -228,6 +232,12 @@ impl Ledger {
     /// Set when this reader could not trust the persistent index and rebuilt a private one.
     pub fn index_problem(&self) -> Option<&str> {
         self.index_problem.as_deref()
+    }
+
+    /// True when the persistent index's files could not be opened at all (e.g. torn by a
+    /// SIGKILL): only derived data is lost, and the next writer rebuilds it.
+    pub fn index_unreadable(&self) -> bool {
+        self.index_unreadable
     }
 
     pub fn is_writer(&self) -> bool {

@@ -221,7 +221,13 @@ pub fn verify(ledger: &Ledger, progress: &ProgressBar) -> Result<VerifyReport> {
     })?;
 
     // 2. The index against the log.
-    if let Some(problem) = ledger.index_problem() {
+    if let Some(problem) = ledger.index_problem().filter(|_| ledger.index_unreadable()) {
+        // The index is derived data (e.g. sled files torn by a SIGKILL): the log and the blobs,
+        // which were checked against a private index, are what the ledger is.
+        warnings.push(format!(
+            "{problem}; the log and blobs were checked without it, and the next writer (or `ledger reindex`) rebuilds it"
+        ));
+    } else if let Some(problem) = ledger.index_problem() {
         problems.push(Problem {
             kind: "index",
             subject: "index".into(),
