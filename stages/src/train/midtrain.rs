@@ -110,7 +110,7 @@ impl Stage for Midtrain {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn description(&self) -> &'static str {
@@ -133,7 +133,9 @@ impl Stage for Midtrain {
         let p: Params = ctx.params()?;
         let seed = ctx.seed();
         let has_env = optional_input(ctx, "env").is_some();
-        let tokenizer = load_tokenizer(ctx, has_env)?;
+        // The ChatML specials are always added, so the model has room for them and any
+        // mid-trained checkpoint can go on to SFT (a D_ctx-only run included).
+        let tokenizer = load_tokenizer(ctx, true)?;
         if has_env && tokenizer.is_none() {
             bail!("input `env` (trajectories) needs a `tokenizer` input");
         }
