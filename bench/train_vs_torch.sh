@@ -25,7 +25,7 @@ KV=${KV:-2} INTER=${INTER:-704} SEQ=${SEQ:-256} BATCH=${BATCH:-8} STEPS=${STEPS:
 THREADS=${THREADS:-$(nproc)} REPEAT=${REPEAT:-3} TORCH_ATTN=${TORCH_ATTN:-sdpa}
 export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 ARGS="--vocab $VOCAB --hidden $HIDDEN --layers $LAYERS --heads $HEADS --kv-heads $KV --inter $INTER --seq $SEQ --batch $BATCH --steps $STEPS --gen $GEN"
-OUT=${OUT:-$(mktemp -d)}
+OUT=${OUT:-$(mktemp -d)}; mkdir -p "$OUT"
 
 VENV=bench/.venv
 if [ ! -x "$VENV/bin/python" ]; then

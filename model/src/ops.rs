@@ -1,16 +1,20 @@
 //! Fused CPU kernels for the Qwen2 forward and backward passes, as candle custom ops: linear
-//! layers (gemm straight into the layouts backward needs), RMSNorm, RoPE, SwiGLU, causal
-//! grouped-query attention and the masked token loss.
+//! layers (gemm straight into the layouts backward needs; with bias and RoPE, or added to a
+//! residual), RMSNorm, the SwiGLU gate/up projections, causal grouped-query attention, and the
+//! masked token loss; plus the helpers of the explicit backward pass in
+//! `Qwen2::loss_and_grads` (the LM head fused with the loss, row blocks at a time).
 //!
-//! Composing these from candle's elementwise ops costs one tensor (and in backward a zeroed
-//! gradient plus an add) per step; fused, each is one pass over its rows.
+//! Composed from candle's elementwise ops, each step of these costs a tensor, and in backward
+//! a zero-filled gradient plus an add on candle's own thread pool; fused, each is one pass.
+//! Elementwise loops use a polynomial `exp` and are compiled twice (baseline and AVX2, picked
+//! at run time) so they vectorize.
 //!
 //! Determinism: every output element is computed by one thread in a fixed order, and every
-//! reduction across rows (weight gradients of RMSNorm, biases, grouped attention heads) runs
-//! over fixed-size blocks whose partial results are summed in block order. Nothing depends on
-//! the number of threads, so the same inputs give the same bits for any `RAYON_NUM_THREADS`.
-//! Matrix products go to the `gemm` crate, whose result for an element does not depend on how
-//! the work is split between threads.
+//! reduction across rows (weight gradients of RMSNorm, biases, grouped attention heads, the
+//! head's row blocks) runs over fixed-size blocks whose partial results are summed in block
+//! order. Nothing depends on the number of threads, so the same inputs give the same bits for
+//! any `RAYON_NUM_THREADS`. Matrix products go to the `gemm` crate, whose result for an element
+//! does not depend on how the work is split between threads.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
@@ -150,6 +154,7 @@ impl SharedMut {
 }
 
 /// Sum of `v` with eight interleaved accumulators (vectorizes; fixed order).
+#[inline(always)]
 fn sum8(v: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = v.chunks_exact(8);
@@ -167,6 +172,7 @@ fn sum8(v: &[f32]) -> f32 {
 }
 
 /// Dot product with eight interleaved accumulators (vectorizes; fixed order).
+#[inline(always)]
 fn dot8(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -183,7 +189,143 @@ fn dot8(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// Sums per-block partial vectors (each `width` long) in block order.
+/// `e^x` from arithmetic alone (Cephes' `expf` polynomial, within 2 ulp of `f32::exp`), so
+/// loops over it vectorize; inputs are clamped to `[-87.33, 88]` and give 0 below, NaN stays.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LO: f32 = -87.336_55;
+    const HI: f32 = 88.0;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 · 2^23: `t = v + ROUND` rounds `v` to an integer `n`, held in the low bits of `t`.
+    const ROUND: f32 = 12_582_912.0;
+    let xc = x.clamp(LO, HI);
+    let t = xc * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let y = (p * r * r + r) + 1.0;
+    // 2^n from the bits: n + 127 in the exponent field.
+    let pow2 = f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
+    if x < LO {
+        0.0
+    } else {
+        y * pow2
+    }
+}
+
+/// Defines `fn $name` twice: as written, and compiled for AVX2 (wider vectors) when the CPU has
+/// it, chosen at run time. No FMA is enabled and Rust never contracts `a * b + c`, so both
+/// builds do the same IEEE operations per element in the same order: the same bits.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+/// Largest element with eight interleaved accumulators (NaN ignored, like `f32::max`).
+#[inline(always)]
+fn max8(v: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = v.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = if x > *a { x } else { *a };
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for &x in acc.iter().chain(rest) {
+        m = if x > m { x } else { m };
+    }
+    m
+}
+
+multiversion! {
+    /// `row ← softmax(row)`.
+    fn softmax_in_place(row: &mut [f32]) {
+        let max = max8(row);
+        for x in row.iter_mut() {
+            *x = exp(*x - max);
+        }
+        let inv = 1.0 / sum8(row);
+        for x in row.iter_mut() {
+            *x *= inv;
+        }
+    }
+}
+
+multiversion! {
+    /// `(max, Σ e^(x - max))` of a row, writing `e^(x - max)` into `dst` unless it is empty.
+    fn exp_sum(src: &[f32], dst: &mut [f32]) -> (f32, f32) {
+        let max = max8(src);
+        if dst.is_empty() {
+            let mut acc = [0f32; 8];
+            let chunks = src.chunks_exact(8);
+            let rest = chunks.remainder();
+            for c in chunks {
+                for (a, &v) in acc.iter_mut().zip(c) {
+                    *a += exp(v - max);
+                }
+            }
+            // The order of `sum8`, so both branches give the same sum.
+            let mut s =
+                ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+            for &v in rest {
+                s += exp(v - max);
+            }
+            (max, s)
+        } else {
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d = exp(v - max);
+            }
+            (max, sum8(dst))
+        }
+    }
+}
+
+multiversion! {
+    /// `row ← e^(row - max)`, returning `(max, Σ)` exactly as `exp_sum` does.
+    fn exp_sum_in_place(row: &mut [f32]) -> (f32, f32) {
+        let max = max8(row);
+        for x in row.iter_mut() {
+            *x = exp(*x - max);
+        }
+        (max, sum8(row))
+    }
+}
+
+multiversion! {
+    /// `v ← v · s`.
+    fn scale_in_place(v: &mut [f32], s: f32) {
+        for x in v.iter_mut() {
+            *x *= s;
+        }
+    }
+}
+
+/// Sums per-block partial vectors/// Sums per-block partial vectors (each `width` long) in block order.
 fn sum_blocks(partials: &[f32], width: usize) -> Vec<f32> {
     let mut acc = vec![0f32; width];
     for p in partials.chunks_exact(width) {
@@ -579,8 +721,31 @@ impl GateUp {
     }
 }
 
+#[inline(always)]
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + exp(-x))
+}
+
+multiversion! {
+    /// `y = silu(g) · u`.
+    fn swiglu_rows(y: &mut [f32], g: &[f32], u: &[f32]) {
+        for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+            *y = g * sigmoid(g) * u;
+        }
+    }
+}
+
+multiversion! {
+    /// Gradients of `silu(g) · u` given the output gradient `gr`.
+    fn swiglu_grad_rows(dg: &mut [f32], du: &mut [f32], g: &[f32], u: &[f32], gr: &[f32]) {
+        let ins = g.iter().zip(u).zip(gr);
+        for ((dg, du), ((&g, &u), &gr)) in dg.iter_mut().zip(du.iter_mut()).zip(ins) {
+            let s = sigmoid(g);
+            let silu = g * s;
+            *du = gr * silu;
+            *dg = gr * u * (s + silu * (1.0 - s));
+        }
+    }
 }
 
 const ELEM_CHUNK: usize = 4096;
@@ -638,11 +803,7 @@ impl CustomOp3 for GateUp {
         y.par_chunks_mut(ELEM_CHUNK)
             .zip(gate.par_chunks(ELEM_CHUNK))
             .zip(up.par_chunks(ELEM_CHUNK))
-            .for_each(|((y, g), u)| {
-                for i in 0..y.len() {
-                    y[i] = g[i] * sigmoid(g[i]) * u[i];
-                }
-            });
+            .for_each(|((y, g), u)| swiglu_rows(y, g, u));
         if self.keep {
             *self.saved.lock().expect("mlp activations") = Some((gate, up));
         }
@@ -673,14 +834,7 @@ impl CustomOp3 for GateUp {
                 .zip(du.par_chunks_mut(ELEM_CHUNK))
                 .zip(gate.par_chunks(ELEM_CHUNK))
                 .zip(up.par_chunks(ELEM_CHUNK).zip(gr.par_chunks(ELEM_CHUNK)))
-                .for_each(|(((dg, du), g), (u, gr))| {
-                    for i in 0..dg.len() {
-                        let s = sigmoid(g[i]);
-                        let silu = g[i] * s;
-                        du[i] = gr[i] * silu;
-                        dg[i] = gr[i] * u[i] * (s + silu * (1.0 - s));
-                    }
-                });
+                .for_each(|(((dg, du), g), (u, gr))| swiglu_grad_rows(dg, du, g, u, gr));
             with_f32(wg, "mlp backward", |wgv| {
                 with_f32(wu, "mlp backward", |wuv| {
                     with_f32(x, "mlp backward", |xv| {
@@ -826,13 +980,16 @@ impl CustomOp2 for RmsNorm {
                                 .zip(gb.chunks_exact(h))
                             {
                                 let inv = rms_inv(xr, self.eps);
-                                for i in 0..h {
-                                    gw[i] = gr[i] * wv[i];
-                                    dw[i] += gr[i] * xr[i] * inv;
+                                let ins = gr.iter().zip(wv).zip(xr);
+                                for ((gw, dw), ((&g, &w), &x)) in
+                                    gw.iter_mut().zip(dw.iter_mut()).zip(ins)
+                                {
+                                    *gw = g * w;
+                                    *dw += g * x * inv;
                                 }
                                 let c = dot8(&gw, xr) / h as f32 * inv * inv;
-                                for i in 0..h {
-                                    dr[i] = inv * (gw[i] - xr[i] * c);
+                                for ((d, &gw), &x) in dr.iter_mut().zip(&gw).zip(xr) {
+                                    *d = inv * (gw - x * c);
                                 }
                             }
                             dw
@@ -996,14 +1153,7 @@ impl CustomOp3 for Attention {
                         let row = &mut pb[i * keys..i * keys + cols];
                         let valid = offset + r0 + i + 1;
                         let (live, masked) = row.split_at_mut(valid);
-                        let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        for x in live.iter_mut() {
-                            *x = (*x - max).exp();
-                        }
-                        let inv = 1.0 / sum8(live);
-                        for x in live.iter_mut() {
-                            *x *= inv;
-                        }
+                        softmax_in_place(live);
                         masked.fill(0.0);
                     }
                     unsafe {
@@ -1150,30 +1300,35 @@ fn attention_bwd(
                     );
                 }
             }
-            // dK += dSᵀ · Q and dV += Pᵀ · dO over the visible keys (row blocks are causal, so
-            // the full products only add exact zeros beyond them; use the whole matrices).
+            // dK += dSᵀ · Q and dV += Pᵀ · dO, a block of keys at a time: key `j` is seen by
+            // query rows from `j - offset` on, so earlier rows are skipped.
             let first = hi == 0;
-            unsafe {
-                mm(
-                    (keys, d, t),
-                    dk0,
-                    nkv * d,
-                    !first,
-                    mt(&ds, keys, 1),
-                    m(qs, nh * d, 1),
-                    1.0,
-                    Parallelism::None,
-                );
-                mm(
-                    (keys, d, t),
-                    dv0,
-                    nkv * d,
-                    !first,
-                    mt(p, keys, 1),
-                    m(gs, nh * d, 1),
-                    1.0,
-                    Parallelism::None,
-                );
+            for c0 in (0..keys).step_by(ATT_BLOCK) {
+                let c1 = (c0 + ATT_BLOCK).min(keys);
+                let i0 = c0.saturating_sub(offset);
+                let at = c0 * nkv * d;
+                unsafe {
+                    mm(
+                        (c1 - c0, d, t - i0),
+                        dk0.add(at),
+                        nkv * d,
+                        !first,
+                        mt(&ds[i0 * keys + c0..], keys, 1),
+                        m(&qs[i0 * nh * d..], nh * d, 1),
+                        1.0,
+                        Parallelism::None,
+                    );
+                    mm(
+                        (c1 - c0, d, t - i0),
+                        dv0.add(at),
+                        nkv * d,
+                        !first,
+                        mt(&p[i0 * keys + c0..], keys, 1),
+                        m(&gs[i0 * nh * d..], nh * d, 1),
+                        1.0,
+                        Parallelism::None,
+                    );
+                }
             }
         }
     });
@@ -1202,7 +1357,7 @@ pub fn causal_attention(
 // ---------------------------------------------------------------------------------------------
 // Masked token loss: -Σ_r w_r · log softmax(logits_r)[target_r]
 
-pub(crate) struct TokenLoss {
+struct TokenLoss {
     targets: Vec<u32>,
     weights: Vec<f32>,
     /// `w_r · (softmax(logits_r) - onehot(target_r))`, kept when differentiated.
@@ -1211,7 +1366,7 @@ pub(crate) struct TokenLoss {
 }
 
 impl TokenLoss {
-    pub(crate) fn new(targets: Vec<u32>, weights: Vec<f32>, keep: bool) -> Result<TokenLoss> {
+    fn new(targets: Vec<u32>, weights: Vec<f32>, keep: bool) -> Result<TokenLoss> {
         if targets.len() != weights.len() {
             bail!(
                 "token loss: {} targets, {} weights",
@@ -1250,31 +1405,13 @@ impl CustomOp1 for TokenLoss {
         };
         let mut losses = vec![0f32; rows];
         let work = |(r, (xr, gr)): (usize, (&[f32], &mut [f32])), loss: &mut f32| {
-            let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            if gr.is_empty() {
-                let mut acc = [0f32; 8];
-                for c in xr.chunks(8) {
-                    for (a, v) in acc.iter_mut().zip(c) {
-                        *a += (v - max).exp();
-                    }
-                }
-                sum = acc.iter().sum();
-            } else {
-                for (gv, v) in gr.iter_mut().zip(xr) {
-                    *gv = (v - max).exp();
-                }
-                sum += sum8(gr);
-            }
+            let (max, sum) = exp_sum(xr, gr);
             let lse = max + sum.ln();
             let tgt = self.targets[r] as usize;
             let w = self.weights[r];
             *loss = -(xr[tgt] - lse) * w;
             if !gr.is_empty() {
-                let inv = w / sum;
-                for gv in gr.iter_mut() {
-                    *gv *= inv;
-                }
+                scale_in_place(gr, w / sum);
                 gr[tgt] -= w;
             }
         };
@@ -1315,24 +1452,126 @@ impl CustomOp1 for TokenLoss {
 /// `-Σ_r weights[r] · log softmax(logits[r])[targets[r]]` over the rows of `logits`
 /// (`[.., vocab]`), as a scalar.
 pub fn token_loss(logits: &Tensor, targets: Vec<u32>, weights: Vec<f32>) -> Result<Tensor> {
-    if targets.len() != weights.len() {
-        bail!(
-            "token loss: {} targets, {} weights",
-            targets.len(),
-            weights.len()
-        );
-    }
-    let keep = logits.track_op();
-    logits.contiguous()?.apply_op1(TokenLoss {
-        targets,
-        weights,
-        grad: Mutex::new(None),
-        keep,
-    })
+    let op = TokenLoss::new(targets, weights, logits.track_op())?;
+    logits.contiguous()?.apply_op1(op)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Helpers for the explicit backward pass (`Qwen2::loss_and_grads`)
+
+/// Rows of logits alive at a time in `head_loss`.
+const HEAD_ROWS: usize = 128;
+
+/// The LM head and the token loss of `x` (`[rows, hidden]`) under `w` (`[vocab, hidden]`),
+/// `HEAD_ROWS` rows at a time, so the `[rows, vocab]` logits and their gradient never exist
+/// whole. Returns `-Σ_r weights[r] · log softmax(x_r · wᵀ)[targets[r]]` (row losses summed in
+/// order, in f64) and, with `scale`, the gradients of `scale · loss` for `x` and `w`.
+#[allow(clippy::type_complexity)]
+pub(crate) fn head_loss(
+    x: &Tensor,
+    w: &Tensor,
+    targets: &[u32],
+    weights: &[f32],
+    scale: Option<f32>,
+) -> Result<(f64, Option<(Tensor, Tensor)>)> {
+    let (rows, h) = x.dims2()?;
+    let (vocab, wh) = w.dims2()?;
+    if wh != h || targets.len() != rows || weights.len() != rows {
+        bail!(
+            "head loss: x {:?}, weight {:?}, {} targets, {} weights",
+            x.dims(),
+            w.dims(),
+            targets.len(),
+            weights.len()
+        );
+    }
+    if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
+        bail!("token loss: target {bad} outside the vocabulary ({vocab})");
+    }
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let mut losses = vec![0f32; rows];
+    let mut dx = vec![0f32; if scale.is_some() { rows * h } else { 0 }];
+    let mut dw = vec![0f32; if scale.is_some() { vocab * h } else { 0 }];
+    with_f32(&x, "head loss", |xv| {
+        with_f32(&w, "head loss", |wv| {
+            let mut logits = vec![0f32; HEAD_ROWS.min(rows) * vocab];
+            for r0 in (0..rows).step_by(HEAD_ROWS) {
+                let n = HEAD_ROWS.min(rows - r0);
+                let xb = &xv[r0 * h..(r0 + n) * h];
+                let lb = &mut logits[..n * vocab];
+                unsafe {
+                    mm(
+                        (n, vocab, h),
+                        lb.as_mut_ptr(),
+                        vocab,
+                        false,
+                        m(xb, h, 1),
+                        mt(wv, h, 1),
+                        1.0,
+                        parallelism(n * vocab * h),
+                    );
+                }
+                // Each row: its loss, and with `scale` the logits' gradient in place.
+                lb.par_chunks_mut(vocab)
+                    .zip(losses[r0..r0 + n].par_iter_mut())
+                    .enumerate()
+                    .for_each(|(i, (row, loss))| {
+                        let (t, wt) = (targets[r0 + i] as usize, weights[r0 + i]);
+                        let target_logit = row[t];
+                        match scale {
+                            None => {
+                                let (max, sum) = exp_sum(row, &mut []);
+                                *loss = -(target_logit - (max + sum.ln())) * wt;
+                            }
+                            Some(s) => {
+                                let (max, sum) = exp_sum_in_place(row);
+                                *loss = -(target_logit - (max + sum.ln())) * wt;
+                                scale_in_place(row, wt / sum);
+                                row[t] -= wt;
+                                scale_in_place(row, s);
+                            }
+                        }
+                    });
+                if scale.is_some() {
+                    let par = parallelism(n * vocab * h);
+                    unsafe {
+                        // dx = G · W, dW += Gᵀ · x
+                        mm(
+                            (n, h, vocab),
+                            dx[r0 * h..].as_mut_ptr(),
+                            h,
+                            false,
+                            m(lb, vocab, 1),
+                            m(wv, h, 1),
+                            1.0,
+                            par,
+                        );
+                        mm(
+                            (vocab, h, n),
+                            dw.as_mut_ptr(),
+                            h,
+                            r0 > 0,
+                            mt(lb, vocab, 1),
+                            m(xb, h, 1),
+                            1.0,
+                            par,
+                        );
+                    }
+                }
+            }
+            Ok(())
+        })
+    })?;
+    let total: f64 = losses.iter().map(|&l| f64::from(l)).sum();
+    let grads = match scale {
+        Some(_) => Some((
+            Tensor::from_vec(dx, (rows, h), x.device())?,
+            Tensor::from_vec(dw, (vocab, h), x.device())?,
+        )),
+        None => None,
+    };
+    Ok((total, grads))
+}
 
 /// `a + b`, elementwise (same shapes), on the rayon pool.
 pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -1346,8 +1585,8 @@ pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             z.par_chunks_mut(ELEM_CHUNK)
                 .zip(x.par_chunks(ELEM_CHUNK).zip(y.par_chunks(ELEM_CHUNK)))
                 .for_each(|(z, (x, y))| {
-                    for i in 0..z.len() {
-                        z[i] = x[i] + y[i];
+                    for ((z, &x), &y) in z.iter_mut().zip(x).zip(y) {
+                        *z = x + y;
                     }
                 });
             Ok(z)
@@ -1444,12 +1683,12 @@ impl InplaceOp2 for AdamStep<'_> {
             .zip(g.par_chunks(C))
             .zip(m.par_chunks_mut(C).zip(v.par_chunks_mut(C)))
             .for_each(|((p, g), (m, v))| {
-                for i in 0..p.len() {
-                    let gi = g[i] * self.grad_scale;
-                    m[i] = m[i] * self.beta1 + gi * (1.0 - self.beta1);
-                    v[i] = v[i] * self.beta2 + gi * gi * (1.0 - self.beta2);
-                    let update = (m[i] / self.bc1) / ((v[i] / self.bc2).sqrt() + self.eps);
-                    p[i] = p[i] * self.decay - update * self.lr;
+                for ((p, &g), (m, v)) in p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut())) {
+                    let g = g * self.grad_scale;
+                    *m = *m * self.beta1 + g * (1.0 - self.beta1);
+                    *v = *v * self.beta2 + g * g * (1.0 - self.beta2);
+                    let update = (*m / self.bc1) / ((*v / self.bc2).sqrt() + self.eps);
+                    *p = *p * self.decay - update * self.lr;
                 }
             });
         Ok(())

@@ -6,10 +6,10 @@
 //! nothing is transposed or copied between the projections and attention. Computation is f32.
 
 use crate::config::Qwen2Config;
-use crate::ops::{self, Attention, GateUp, Linear, RmsNorm, RopeTable, Third, TokenLoss};
+use crate::ops::{self, Attention, GateUp, Linear, RmsNorm, RopeTable, Third};
 use crate::rng::Rng;
 use anyhow::{bail, Context, Result};
-use candle_core::{CustomOp1, CustomOp2, CustomOp3, DType, Device, Tensor, Var};
+use candle_core::{CustomOp2, CustomOp3, DType, Device, Tensor, Var};
 use std::collections::{BTreeMap, HashMap};
 
 pub struct Qwen2 {
@@ -245,7 +245,8 @@ impl Qwen2 {
     /// The forward pass runs the same fused kernels; the backward pass then calls their
     /// backward kernels in reverse order, explicitly: no autograd graph, so each gradient is
     /// written once, with no zero-filled accumulators and no elementwise adds on candle's
-    /// separate thread pool.
+    /// separate thread pool. The LM head and the loss run together a block of rows at a time
+    /// ([`ops::head_loss`]), so the logits never exist whole.
     pub fn loss_and_grads(
         &self,
         tokens: &Tensor,
@@ -336,12 +337,10 @@ impl Qwen2 {
         } else {
             p("lm_head.weight")?
         };
-        let lm = Linear::new(None, None);
-        let logits = xf.apply_op2_no_bwd(&head, &lm)?;
-        let tl = TokenLoss::new(targets, weights, keep)?;
-        let loss_t = logits.apply_op1_no_bwd(&tl)?;
-        let loss = f64::from(loss_t.to_scalar::<f32>()?);
-        let Some(scale) = scale else {
+        // The head and the loss together, a block of rows at a time (no whole logits).
+        let (loss, head_grads) =
+            ops::head_loss(&xf, &head, &targets, &weights, scale.map(|s| s as f32))?;
+        let Some((d_xf, d_head)) = head_grads else {
             return Ok((loss, count, BTreeMap::new()));
         };
 
@@ -351,12 +350,6 @@ impl Qwen2 {
             grads.insert(name, g);
             Ok(())
         };
-        let d_logits = tl
-            .bwd(&logits, &loss_t, &Tensor::new(scale as f32, &self.device)?)?
-            .context("no gradient for the logits")?;
-        drop(logits);
-        let (d_xf, d_head, _) = lm.grads(&xf, &head, &d_logits)?;
-        drop(d_logits);
         let (d_x, d_norm) = lnf.0.bwd(&x, &lnf.1, &xf, &d_xf)?;
         put("model.norm.weight".into(), d_norm)?;
         let mut d_x = d_x.context("no gradient for the final hidden states")?;

@@ -297,7 +297,12 @@ fn explicit_backward_matches_autograd() {
         let (loss, count) = m.loss_sum(&toks, &mask).unwrap();
         let auto = (&loss * 0.25).unwrap().backward().unwrap();
         let (loss2, count2, grads) = m.loss_and_grads(&toks, &mask, Some(0.25)).unwrap();
-        assert_eq!(f64::from(loss.to_scalar::<f32>().unwrap()), loss2);
+        // The explicit pass computes the head in row blocks: equal to float tolerance.
+        let loss = f64::from(loss.to_scalar::<f32>().unwrap());
+        assert!(
+            (loss - loss2).abs() <= 1e-6 * loss.abs(),
+            "{loss} vs {loss2}"
+        );
         assert_eq!(count, count2);
         assert_eq!(grads.len(), m.params().len());
         for (name, var) in m.params() {
@@ -313,4 +318,21 @@ fn explicit_backward_matches_autograd() {
         assert_eq!(loss3, loss2);
         assert!(none.is_empty());
     }
+}
+
+#[test]
+fn fast_exp_is_within_two_ulp() {
+    let mut worst = 0f32;
+    let mut x = -87.0f32;
+    while x < 88.0 {
+        let (a, b) = (ops::exp(x), x.exp());
+        worst = worst.max(((a - b) / b).abs());
+        x += 0.0137;
+    }
+    assert!(worst < 2.5e-7, "relative error {worst}");
+    assert_eq!(ops::exp(0.0), 1.0);
+    assert_eq!(ops::exp(f32::NEG_INFINITY), 0.0);
+    assert_eq!(ops::exp(-100.0), 0.0);
+    assert!(ops::exp(f32::NAN).is_nan());
+    assert!(ops::exp(100.0).is_finite());
 }
