@@ -118,6 +118,9 @@ pub struct Environment {
     pub os: String,
     pub arch: String,
     pub threads: u32,
+    /// What computed, in words: `cpu: <model>` (every stage runs on the CPU today), then
+    /// `; gpu present, unused: <name> (driver <version>)` for each NVIDIA GPU the driver
+    /// reports. A string, so GPU and driver need no new field (the encoding is pinned).
     pub device: String,
     pub cpu_features: Vec<String>,
     pub ledger_version: String,
@@ -191,7 +194,7 @@ impl Environment {
             os: std::env::consts::OS.to_string(),
             arch: std::env::consts::ARCH.to_string(),
             threads,
-            device: "cpu".to_string(),
+            device: device(),
             cpu_features: cpu_features(),
             ledger_version: env!("CARGO_PKG_VERSION").to_string(),
         }
@@ -203,6 +206,70 @@ fn hostname() -> String {
         .map(|s| s.trim().to_string())
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "unknown".to_string())
+}
+
+/// The `device` description of this machine (see [`Environment::device`]).
+fn device() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| cpu_model(&s))
+        .map_or_else(|| "cpu".to_string(), |m| format!("cpu: {m}"));
+    match nvidia_gpus() {
+        Some(gpus) => format!("{cpu}; gpu present, unused: {gpus}"),
+        None => cpu,
+    }
+}
+
+/// The first `model name` (x86) or `Model` (arm) line of `/proc/cpuinfo`.
+fn cpu_model(cpuinfo: &str) -> Option<String> {
+    cpuinfo.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        let (k, v) = (k.trim(), v.trim());
+        (matches!(k, "model name" | "Model") && !v.is_empty()).then(|| v.to_string())
+    })
+}
+
+/// NVIDIA GPUs and their driver, when the NVIDIA kernel driver is loaded: names from
+/// `nvidia-smi`, or only the driver version from `/proc/driver/nvidia/version` when
+/// `nvidia-smi` is missing or fails.
+fn nvidia_gpus() -> Option<String> {
+    let proc = std::fs::read_to_string("/proc/driver/nvidia/version").ok()?;
+    let smi = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name,driver_version", "--format=csv,noheader"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| parse_nvidia_smi(&String::from_utf8_lossy(&o.stdout)));
+    smi.or_else(|| {
+        parse_nvidia_proc(&proc).map(|v| format!("NVIDIA GPU (driver {v}; nvidia-smi unavailable)"))
+    })
+}
+
+/// `name, driver` lines of `nvidia-smi --query-gpu=name,driver_version --format=csv,noheader`
+/// as `name (driver version), ...`.
+fn parse_nvidia_smi(out: &str) -> Option<String> {
+    let gpus: Vec<String> = out
+        .lines()
+        .filter_map(|l| {
+            let (name, driver) = l.rsplit_once(',')?;
+            let (name, driver) = (name.trim(), driver.trim());
+            (!name.is_empty() && !driver.is_empty()).then(|| format!("{name} (driver {driver})"))
+        })
+        .collect();
+    (!gpus.is_empty()).then(|| gpus.join(", "))
+}
+
+/// The driver version in `/proc/driver/nvidia/version`: the first dotted number after
+/// `Module` (`NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar ...`, or
+/// `... Open Kernel Module for x86_64  550.54.15  Release Build ...`).
+fn parse_nvidia_proc(text: &str) -> Option<String> {
+    let line = text.lines().find(|l| l.starts_with("NVRM version:"))?;
+    line.split_whitespace()
+        .skip_while(|w| *w != "Module")
+        .find(|w| w.contains('.') && w.chars().all(|c| c.is_ascii_digit() || c == '.'))
+        .map(str::to_string)
 }
 
 fn cpu_features() -> Vec<String> {
@@ -255,6 +322,26 @@ pub fn rfc3339(secs: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn device_description_parsers() {
+        let cpuinfo = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9654\n";
+        assert_eq!(super::cpu_model(cpuinfo).as_deref(), Some("AMD EPYC 9654"));
+        assert_eq!(super::cpu_model("processor\t: 0\n"), None);
+        let smi = "NVIDIA H100 80GB HBM3, 550.54.15\nNVIDIA H100 80GB HBM3, 550.54.15\n";
+        assert_eq!(
+            super::parse_nvidia_smi(smi).as_deref(),
+            Some("NVIDIA H100 80GB HBM3 (driver 550.54.15), NVIDIA H100 80GB HBM3 (driver 550.54.15)")
+        );
+        assert_eq!(super::parse_nvidia_smi(""), None);
+        let proc = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 22:23:56 UTC 2024\nGCC version:  gcc version 12.2.0\n";
+        assert_eq!(super::parse_nvidia_proc(proc).as_deref(), Some("550.54.15"));
+        let open = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  570.86.15  Release Build  (dvs-builder@U16-I3-B03-4-3)\n";
+        assert_eq!(super::parse_nvidia_proc(open).as_deref(), Some("570.86.15"));
+        assert_eq!(super::parse_nvidia_proc("GCC version: 12\n"), None);
+        let here = super::device();
+        assert!(here.starts_with("cpu"), "{here}");
+    }
+
     #[test]
     fn rfc3339_formats_utc() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");

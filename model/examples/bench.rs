@@ -1,7 +1,8 @@
 //! Candle side of `bench/train_vs_torch.sh`: trains a Qwen2 config for some steps on random
-//! tokens, then generates greedily with the KV cache; prints one JSON line with tokens/s and
-//! peak RSS. With `--save DIR`, also writes the checkpoint directory and the logits of a
-//! fixed input (`DIR/logits.json`) for `bench/check_transformers_logits.py`.
+//! tokens (one untimed warm-up step first), then generates greedily with the KV cache (after an
+//! untimed 8-token warm-up); prints one JSON line with tokens/s and peak RSS. With
+//! `--save DIR`, also writes the checkpoint directory and the logits of a fixed input
+//! (`DIR/logits.json`) for `bench/check_transformers_logits.py`.
 //!
 //! cargo run --release -p davinci-model --example bench -- \
 //!   --vocab 4096 --hidden 256 --layers 4 --heads 8 --kv-heads 2 --inter 704 \
@@ -22,12 +23,13 @@ fn arg(args: &[String], name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn peak_rss_kib() -> u64 {
+/// A `/proc/self/status` field in KiB (`VmHWM`: peak RSS, `VmRSS`: current).
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
@@ -48,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         arg(&args, "--gen", 128),
     );
     let dev = Device::Cpu;
+    let start_rss = status_kib("VmRSS:");
     let model = Qwen2::init(&c, 1, &dev)?;
     let mut rng = Rng::new(2);
     let examples: Vec<Example> = (0..batch * (steps + 1))
@@ -89,6 +92,7 @@ fn main() -> anyhow::Result<()> {
     let prompt: Vec<u32> = (0..16)
         .map(|i| (i * 7 + 3) as u32 % c.vocab_size as u32)
         .collect();
+    generate(&model, &prompt, 8, &Sampling::Greedy, &[], true)?; // warm-up, untimed
     let t1 = Instant::now();
     let out = generate(&model, &prompt, gen, &Sampling::Greedy, &[], true)?;
     let gen_s = t1.elapsed().as_secs_f64();
@@ -117,7 +121,8 @@ fn main() -> anyhow::Result<()> {
             "train_tokens_per_s": train_tps,
             "final_loss": last,
             "gen_tokens_per_s": out.len() as f64 / gen_s,
-            "peak_rss_mib": peak_rss_kib() as f64 / 1024.0,
+            "peak_rss_mib": status_kib("VmHWM:") as f64 / 1024.0,
+            "import_rss_mib": start_rss as f64 / 1024.0,
         })
     );
     Ok(())

@@ -1,13 +1,14 @@
-//! Qwen2 in candle for the daVinci pipeline: the model ([`qwen2`]), seeded initialisation
-//! ([`rng`]), HF-layout checkpoints ([`checkpoint`]), generation with a KV cache
-//! ([`generate`]), trajectories and the ChatML template ([`chat`]), and the training loop
-//! ([`train`]). The device is a parameter everywhere (`candle_core::Device`); only the CPU
-//! backend is compiled in today.
+//! Qwen2 in candle for the daVinci pipeline: the model ([`qwen2`]) over fused CPU kernels with
+//! their backward passes ([`ops`]), seeded initialisation ([`rng`]), HF-layout checkpoints
+//! ([`checkpoint`]), generation with a KV cache ([`generate`]), trajectories and the ChatML
+//! template ([`chat`]), and the training loop ([`train`]). The device is a parameter
+//! everywhere (`candle_core::Device`); only the CPU backend is compiled in today.
 
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod generate;
+pub mod ops;
 pub mod qwen2;
 pub mod rng;
 pub mod train;

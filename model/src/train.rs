@@ -3,15 +3,18 @@
 //! resumable execution over a deterministic plan of examples.
 //!
 //! Determinism: the plan is a pure function of the data and the seed, every reduction runs in
-//! sorted parameter order, and there is no dropout; the same config, seed, data and thread
-//! count give the same bytes (and in practice the same bytes for any thread count).
+//! sorted parameter order or over fixed blocks (see [`crate::ops`]), and there is no dropout;
+//! the same config, seed and data give the same bytes for any thread count (tested with 1, 2
+//! and 3 threads). Gradients come from [`Qwen2::loss_and_grads`], an explicit backward pass.
 
 use crate::checkpoint::{from_safetensors, to_safetensors};
+use crate::ops::{sum_sq_f64, AdamStep};
 use crate::qwen2::Qwen2;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 /// One training sequence: `tokens[i]` is predicted from `tokens[..i]` with weight `mask[i]`
 /// (`mask[0]` is unused). All examples of a run have the same length.
@@ -117,31 +120,51 @@ pub fn schedule(cfg: &OptimConfig, step: usize, total: usize) -> f64 {
     min + (cfg.peak_lr - min) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
 }
 
-/// AdamW with decoupled weight decay; state keyed by parameter name.
+/// AdamW with decoupled weight decay; state keyed by parameter name. Each step is one fused
+/// in-place pass over a parameter, its gradient and its two moment buffers.
 pub struct AdamW {
     pub cfg: OptimConfig,
     pub step: usize,
-    m: BTreeMap<String, Tensor>,
-    v: BTreeMap<String, Tensor>,
+    m: BTreeMap<String, Vec<f32>>,
+    v: BTreeMap<String, Vec<f32>>,
+    shapes: BTreeMap<String, Vec<usize>>,
 }
 
 impl AdamW {
     pub fn new(cfg: OptimConfig, model: &Qwen2) -> Result<AdamW> {
-        let mut m = BTreeMap::new();
-        let mut v = BTreeMap::new();
+        let (mut m, mut v, mut shapes) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
         for (name, var) in model.params() {
-            m.insert(name.clone(), var.as_tensor().zeros_like()?);
-            v.insert(name.clone(), var.as_tensor().zeros_like()?);
+            m.insert(name.clone(), vec![0.0; var.elem_count()]);
+            v.insert(name.clone(), vec![0.0; var.elem_count()]);
+            shapes.insert(name.clone(), var.dims().to_vec());
         }
-        Ok(AdamW { cfg, step: 0, m, v })
+        Ok(AdamW {
+            cfg,
+            step: 0,
+            m,
+            v,
+            shapes,
+        })
     }
 
-    /// Applies one update with the given (already clipped) gradients.
+    /// Applies one update with the given gradients (already clipped).
     pub fn update(
         &mut self,
         model: &Qwen2,
         grads: &BTreeMap<String, Tensor>,
         lr: f64,
+    ) -> Result<()> {
+        self.update_scaled(model, grads, lr, 1.0)
+    }
+
+    /// Applies one update with the gradients multiplied by `grad_scale` (global-norm clipping,
+    /// folded into the same pass).
+    pub fn update_scaled(
+        &mut self,
+        model: &Qwen2,
+        grads: &BTreeMap<String, Tensor>,
+        lr: f64,
+        grad_scale: f64,
     ) -> Result<()> {
         self.step += 1;
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
@@ -150,21 +173,31 @@ impl AdamW {
         for (name, var) in model.params() {
             let g = grads
                 .get(name)
-                .with_context(|| format!("no gradient for `{name}`"))?;
+                .with_context(|| format!("no gradient for `{name}`"))?
+                .contiguous()?;
             let m = self.m.get_mut(name).context("optimizer state")?;
             let v = self.v.get_mut(name).context("optimizer state")?;
-            *m = ((&*m * b1)? + (g * (1.0 - b1))?)?;
-            *v = ((&*v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let mhat = (&*m / bc1)?;
-            let vhat = (&*v / bc2)?;
-            let update = (mhat / (vhat.sqrt()? + self.cfg.eps)?)?;
             let theta = var.as_tensor();
-            let decayed = if theta.rank() >= 2 && self.cfg.weight_decay > 0.0 {
-                (theta * (1.0 - lr * self.cfg.weight_decay))?
+            let decay = if theta.rank() >= 2 && self.cfg.weight_decay > 0.0 {
+                1.0 - lr * self.cfg.weight_decay
             } else {
-                theta.clone()
+                1.0
             };
-            var.set(&(decayed - (update * lr)?)?)?;
+            let op = AdamStep {
+                m: Mutex::new(m.as_mut_slice()),
+                v: Mutex::new(v.as_mut_slice()),
+                lr: lr as f32,
+                beta1: b1 as f32,
+                beta2: b2 as f32,
+                bc1: bc1 as f32,
+                bc2: bc2 as f32,
+                eps: self.cfg.eps as f32,
+                decay: decay as f32,
+                grad_scale: grad_scale as f32,
+            };
+            theta
+                .inplace_op2(&g, &op)
+                .with_context(|| format!("AdamW step for `{name}`"))?;
         }
         Ok(())
     }
@@ -173,11 +206,12 @@ impl AdamW {
     /// `step`). The hyperparameters come from the run's config, not from this file.
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
         let mut tensors = Vec::new();
-        for (n, t) in &self.m {
-            tensors.push((format!("exp_avg.{n}"), t.clone()));
-        }
-        for (n, t) in &self.v {
-            tensors.push((format!("exp_avg_sq.{n}"), t.clone()));
+        for (prefix, map) in [("exp_avg", &self.m), ("exp_avg_sq", &self.v)] {
+            for (n, values) in map {
+                let shape = self.shapes.get(n).context("optimizer state")?;
+                let t = Tensor::from_slice(values, shape.as_slice(), &Device::Cpu)?;
+                tensors.push((format!("{prefix}.{n}"), t));
+            }
         }
         to_safetensors(&tensors, &[("step", self.step.to_string())])
     }
@@ -205,7 +239,7 @@ impl AdamW {
                         var.dims()
                     );
                 }
-                map.insert(name.clone(), t);
+                map.insert(name.clone(), t.flatten_all()?.to_vec1::<f32>()?);
             }
         }
         Ok(opt)
@@ -277,17 +311,15 @@ pub fn train(
         for micro in batch.chunks(plan.micro_batch) {
             let (toks, mask) = batch_tensors(micro, model.device())?;
             processed += (toks.elem_count() - micro.len()) as u64;
-            let (loss, _) = model.loss_sum(&toks, &mask)?;
-            loss_total += f64::from(loss.to_scalar::<f32>()?);
-            let scaled = (loss / denom)?;
-            let g = scaled.backward()?;
+            let (loss, _, mut g) = model.loss_and_grads(&toks, &mask, Some(1.0 / denom))?;
+            loss_total += loss;
             for (name, var) in model.params() {
-                let gi = match g.get(var.as_tensor()) {
-                    Some(t) => t.clone(),
+                let gi = match g.remove(name) {
+                    Some(t) => t,
                     None => var.as_tensor().zeros_like()?,
                 };
                 let acc = match grads.remove(name) {
-                    Some(prev) => (prev + gi)?,
+                    Some(prev) => crate::ops::add(&prev, &gi)?,
                     None => gi,
                 };
                 grads.insert(name.clone(), acc);
@@ -296,17 +328,16 @@ pub fn train(
         // Global norm in sorted-name order, accumulated in f64.
         let mut sq = 0.0f64;
         for g in grads.values() {
-            sq += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
+            sq += sum_sq_f64(g)?;
         }
         let norm = sq.sqrt();
-        if opt.cfg.grad_clip > 0.0 && norm > opt.cfg.grad_clip {
-            let scale = opt.cfg.grad_clip / (norm + 1e-6);
-            for g in grads.values_mut() {
-                *g = (&*g * scale)?;
-            }
-        }
+        let clip = if opt.cfg.grad_clip > 0.0 && norm > opt.cfg.grad_clip {
+            opt.cfg.grad_clip / (norm + 1e-6)
+        } else {
+            1.0
+        };
         let lr = plan.lr(&opt.cfg, step);
-        opt.update(model, &grads, lr)?;
+        opt.update_scaled(model, &grads, lr, clip)?;
         report(&StepReport {
             step: step + 1,
             phase: plan.phases[phase].0.clone(),
@@ -327,8 +358,8 @@ pub fn evaluate(model: &Qwen2, examples: &[Example], batch: usize) -> Result<f64
     let refs: Vec<&Example> = examples.iter().collect();
     for chunk in refs.chunks(batch.max(1)) {
         let (toks, mask) = batch_tensors(chunk, model.device())?;
-        let (loss, n) = model.loss_sum(&toks, &mask)?;
-        sum += f64::from(loss.detach().to_scalar::<f32>()?);
+        let (loss, n, _) = model.loss_and_grads(&toks, &mask, None)?;
+        sum += loss;
         count += n;
     }
     if count == 0.0 {

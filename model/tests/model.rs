@@ -103,6 +103,49 @@ fn same_seed_same_checkpoint_bytes() {
     assert!(o1 == o2, "optimizer bytes differ between identical runs");
 }
 
+/// The same bytes for any number of threads. Each count runs in a child process (this test
+/// binary again, `RAYON_NUM_THREADS` set): the thread pools are sized once per process.
+#[test]
+fn same_bytes_for_any_thread_count() {
+    if let Ok(path) = std::env::var("MODEL_TEST_THREADS_OUT") {
+        let (mut bytes, opt, losses) = run(4);
+        bytes.extend(opt);
+        bytes.extend(format!("{losses:?}").into_bytes());
+        std::fs::write(path, bytes).unwrap();
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let runs: Vec<(usize, Vec<u8>)> = [1usize, 2, 3]
+        .into_iter()
+        .map(|n| {
+            let path = dir.path().join(n.to_string());
+            let out = std::process::Command::new(&exe)
+                .args([
+                    "same_bytes_for_any_thread_count",
+                    "--exact",
+                    "--test-threads=1",
+                ])
+                .env("MODEL_TEST_THREADS_OUT", &path)
+                .env("RAYON_NUM_THREADS", n.to_string())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "child with {n} threads failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (n, std::fs::read(&path).unwrap())
+        })
+        .collect();
+    for (n, bytes) in &runs[1..] {
+        assert!(
+            *bytes == runs[0].1,
+            "{n} threads give different bytes than 1 thread"
+        );
+    }
+}
+
 #[test]
 fn resume_gives_identical_weights() {
     let dev = Device::Cpu;

@@ -110,6 +110,8 @@ impl Stage for Midtrain {
     }
 
     fn version(&self) -> u32 {
+        // 2: fused CPU kernels and an explicit backward pass (float results differ from 1);
+        // the tokenizer always gets the ChatML specials.
         2
     }
 

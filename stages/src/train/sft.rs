@@ -41,7 +41,8 @@ impl Stage for Sft {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: fused CPU kernels and an explicit backward pass (float results differ from 1).
+        2
     }
 
     fn description(&self) -> &'static str {
