@@ -302,7 +302,8 @@ impl Stage for HumanEval {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: checkpoint generation runs on the fused model kernels.
+        2
     }
 
     fn description(&self) -> &'static str {

@@ -195,7 +195,8 @@ impl Stage for Rollout {
         "rollout"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: checkpoint generation runs on the fused model kernels.
+        2
     }
     fn description(&self) -> &'static str {
         "task instances → agent trajectories in Docker, graded as SWE-bench (D_pass / D_fail, score)"
