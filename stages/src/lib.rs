@@ -3,6 +3,7 @@
 pub mod collect;
 pub mod evaluate;
 pub mod filter;
+pub mod http;
 pub mod ingest;
 pub mod pack;
 pub mod pypi;

@@ -83,14 +83,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// The directory pinned files are cached in.
 pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("DAVINCI_PYPI_CACHE") {
-        return PathBuf::from(dir);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
+    std::env::var_os("DAVINCI_PYPI_CACHE")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("davinci-ledger").join("pypi")
+        .unwrap_or_else(|| crate::http::cache_dir("pypi"))
 }
 
 /// The cached, checked file, fetched first when it is missing or does not match.
@@ -124,17 +119,7 @@ pub fn ensure_in(file: &PypiFile, dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn fetch(url: &str) -> anyhow::Result<Vec<u8>> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(300)))
-        .http_status_as_error(false)
-        // The system's CA store (and SSL_CERT_FILE): what curl and pip trust here.
-        .tls_config(
-            ureq::tls::TlsConfig::builder()
-                .root_certs(ureq::tls::RootCerts::PlatformVerifier)
-                .build(),
-        )
-        .build()
-        .into();
+    let agent = crate::http::agent(Duration::from_secs(300));
     let mut last = String::new();
     for attempt in 0..3u32 {
         if attempt > 0 {

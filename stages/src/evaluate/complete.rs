@@ -162,11 +162,7 @@ impl Client {
             ),
             None => None,
         };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(p.timeout_secs)))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = crate::http::agent(Duration::from_secs(p.timeout_secs));
         Ok(Client {
             agent,
             url: p.url(),

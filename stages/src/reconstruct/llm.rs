@@ -266,11 +266,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(p: &LlmParams) -> Client {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(p.timeout_secs)))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = crate::http::agent(Duration::from_secs(p.timeout_secs));
         Client {
             agent,
             url: p.endpoint(),

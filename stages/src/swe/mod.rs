@@ -30,14 +30,9 @@ use std::time::Duration;
 /// Where base images' root filesystems are cached: `$DAVINCI_ENV_CACHE`, else
 /// `$XDG_CACHE_HOME/davinci-ledger/env`, else `~/.cache/davinci-ledger/env`.
 pub fn env_cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("DAVINCI_ENV_CACHE") {
-        return PathBuf::from(dir);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
+    std::env::var_os("DAVINCI_ENV_CACHE")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("davinci-ledger").join("env")
+        .unwrap_or_else(|| crate::http::cache_dir("env"))
 }
 
 /// The engine, connected (and started through `scripts/setup.sh` when it does not answer).

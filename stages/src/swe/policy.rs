@@ -380,16 +380,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(params: EndpointParams) -> Endpoint {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(params.timeout_secs)))
-            .http_status_as_error(false)
-            .tls_config(
-                ureq::tls::TlsConfig::builder()
-                    .root_certs(ureq::tls::RootCerts::PlatformVerifier)
-                    .build(),
-            )
-            .build()
-            .into();
+        let agent = crate::http::agent(Duration::from_secs(params.timeout_secs));
         Endpoint { params, agent }
     }
 
