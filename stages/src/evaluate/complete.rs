@@ -173,53 +173,19 @@ impl Client {
 
     /// POSTs a body; returns `HTTP <code>\n<raw body>`. Retries transport failures, 429, 5xx.
     pub fn send(&self, body: &[u8]) -> anyhow::Result<Vec<u8>> {
-        let mut attempt = 0;
-        loop {
-            let mut request = self
-                .agent
-                .post(&self.url)
-                .header("Content-Type", "application/json");
-            if let Some(key) = &self.key {
-                request = request.header("Authorization", &format!("Bearer {key}"));
-            }
-            let result = request.send(body).and_then(|mut response| {
-                let status = response.status().as_u16();
-                let body = response
-                    .body_mut()
-                    .with_config()
-                    .limit(64 << 20)
-                    .read_to_vec()?;
-                Ok((status, body))
-            });
-            let retry = match &result {
-                Ok((status, _)) => *status == 429 || *status >= 500,
-                Err(_) => true,
-            };
-            if retry && attempt < self.max_retries {
-                std::thread::sleep(Duration::from_secs(1 << attempt.min(6)));
-                attempt += 1;
-                continue;
-            }
-            let (status, body) = result.map_err(|e| anyhow!("POST {}: {e}", self.url))?;
-            let mut out = format!("HTTP {status}\n").into_bytes();
-            out.extend_from_slice(&body);
-            return Ok(out);
-        }
+        crate::http::post_json_recorded(
+            &self.agent,
+            &self.url,
+            self.key.as_deref(),
+            body,
+            self.max_retries,
+        )
     }
 }
 
 /// `choices[0].text` of a recorded answer, or why there is none.
 pub fn parse_completion(recorded: &[u8]) -> Result<String, String> {
-    let nl = recorded
-        .iter()
-        .position(|&b| b == b'\n')
-        .ok_or("the recorded answer has no status line")?;
-    let status = std::str::from_utf8(&recorded[..nl])
-        .ok()
-        .and_then(|l| l.strip_prefix("HTTP "))
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or("the recorded answer has no `HTTP <code>` status line")?;
-    let body = &recorded[nl + 1..];
+    let (status, body) = crate::http::split_recorded(recorded)?;
     if status != 200 {
         let snippet: String = String::from_utf8_lossy(body).chars().take(200).collect();
         return Err(format!("HTTP {status}: {snippet}"));

@@ -429,50 +429,27 @@ impl Endpoint {
             ),
             None => None,
         };
-        let mut last = String::new();
-        for attempt in 0..4u32 {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_secs(1 << attempt));
+        let url = self.url();
+        let recorded = crate::http::post_json_recorded(&self.agent, &url, key.as_deref(), body, 3)?;
+        // Rate limits and server errors that outlast the retries are not answers here.
+        match crate::http::split_recorded(&recorded) {
+            Ok((status, _)) if status == 429 || status >= 500 => {
+                bail!("POST {url}: HTTP {status}")
             }
-            let mut req = self
-                .agent
-                .post(&self.url())
-                .header("content-type", "application/json");
-            if let Some(key) = &key {
-                req = req.header("authorization", &format!("Bearer {key}"));
-            }
-            match req.send(body) {
-                Ok(mut r) => {
-                    let status = r.status().as_u16();
-                    let bytes = r.body_mut().with_config().limit(64 << 20).read_to_vec()?;
-                    if status == 429 || status >= 500 {
-                        last = format!("HTTP {status}");
-                        continue;
-                    }
-                    let mut out = format!("HTTP {status}\n").into_bytes();
-                    out.extend_from_slice(&bytes);
-                    return Ok(out);
-                }
-                Err(e) => last = e.to_string(),
-            }
+            _ => Ok(recorded),
         }
-        bail!("POST {}: {last}", self.url())
     }
 }
 
 /// Reads a recorded `HTTP <code>\n<body>` chat completion into a turn.
 pub fn parse_completion(recorded: &[u8]) -> anyhow::Result<Turn> {
-    let text = String::from_utf8_lossy(recorded);
-    let (status, body) = text.split_once('\n').unwrap_or((&text, ""));
-    if status.trim() != "HTTP 200" {
-        bail!(
-            "the endpoint answered {}: {}",
-            status.trim(),
-            &body[..body.len().min(300)]
-        );
+    let (status, body) = crate::http::split_recorded(recorded).map_err(|e| anyhow!(e))?;
+    if status != 200 {
+        let snippet: String = String::from_utf8_lossy(body).chars().take(300).collect();
+        bail!("the endpoint answered HTTP {status}: {snippet}");
     }
     let v: serde_json::Value =
-        serde_json::from_str(body).context("the endpoint's answer is not JSON")?;
+        serde_json::from_slice(body).context("the endpoint's answer is not JSON")?;
     let msg = v
         .pointer("/choices/0/message")
         .ok_or_else(|| anyhow!("the endpoint's answer has no choices[0].message"))?;
