@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::Ledger;
+use common::{step, step_output, Ledger};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -124,18 +124,6 @@ fn env_cache() -> PathBuf {
         })
 }
 
-fn output(step: &serde_json::Value, name: &str) -> String {
-    step["outputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o[0] == name)
-        .unwrap_or_else(|| panic!("no output {name} in {step}"))[1]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 fn metric(step: &serde_json::Value, name: &str) -> f64 {
     step["metrics"]
         .as_array()
@@ -207,13 +195,15 @@ policy = {{ kind = "endpoint", base_url = "{llm}", model = "local-test" }}
         ),
     );
     let report = l.run_config(&config);
-    let steps = report["steps"].as_array().unwrap();
-    let (bugs, rollouts, gold, empty, agent) =
-        (&steps[0], &steps[1], &steps[2], &steps[3], &steps[4]);
+    let (rollouts, gold, empty) = (
+        step(&report, "rollouts"),
+        step(&report, "gold"),
+        step(&report, "empty"),
+    );
 
     // Instances: held out by package, each with >= 1 FAIL_TO_PASS and >= 1 PASS_TO_PASS.
-    let train = lines(&l, &output(bugs, "instances"));
-    let heldout = lines(&l, &output(bugs, "heldout"));
+    let train = lines(&l, &step_output(&report, "bugs", "instances"));
+    let heldout = lines(&l, &step_output(&report, "bugs", "heldout"));
     assert_eq!(train.len(), 2, "one bug each from toolz and more-itertools");
     assert_eq!(heldout.len(), 1);
     for i in &train {
@@ -231,7 +221,8 @@ policy = {{ kind = "endpoint", base_url = "{llm}", model = "local-test" }}
             .contains("Failing tests:"));
     }
     let image: serde_json::Value =
-        serde_json::from_str(&l.ok(["cat", &output(bugs, "image")]).stdout).unwrap();
+        serde_json::from_str(&l.ok(["cat", &step_output(&report, "bugs", "image")]).stdout)
+            .unwrap();
     assert!(image["packages"]
         .as_array()
         .unwrap()
@@ -239,9 +230,9 @@ policy = {{ kind = "endpoint", base_url = "{llm}", model = "local-test" }}
         .any(|p| p["name"] == "python3-pytest"));
 
     // Scripted rollouts: real passing demonstrations and withheld (failing) ones.
-    let all = lines(&l, &output(rollouts, "trajectories"));
-    let pass = lines(&l, &output(rollouts, "pass"));
-    let fail = lines(&l, &output(rollouts, "fail"));
+    let all = lines(&l, &step_output(&report, "rollouts", "trajectories"));
+    let pass = lines(&l, &step_output(&report, "rollouts", "pass"));
+    let fail = lines(&l, &step_output(&report, "rollouts", "fail"));
     assert_eq!(all.len(), 4);
     assert_eq!(pass.len() + fail.len(), 4);
     assert!(
@@ -281,14 +272,17 @@ policy = {{ kind = "endpoint", base_url = "{llm}", model = "local-test" }}
     // Grading baselines on the held-out instance.
     assert_eq!(metric(gold, "resolved_rate"), 1.0);
     assert_eq!(metric(empty, "resolved_rate"), 0.0);
-    let score: serde_json::Value =
-        serde_json::from_str(&l.ok(["cat", &output(empty, "score")]).stdout).unwrap();
+    let score: serde_json::Value = serde_json::from_str(
+        &l.ok(["cat", &step_output(&report, "empty", "score")])
+            .stdout,
+    )
+    .unwrap();
     assert_eq!(score["instances"][0]["runs"][0]["patch_applied"], false);
 
     // An OpenAI-compatible endpoint as the policy: its answers drive real tool calls, the
     // trajectory names the policy, and the unresolved submit is graded.
     assert_eq!(llm_hits.load(Ordering::SeqCst), 2);
-    let t = &lines(&l, &output(agent, "trajectories"))[0];
+    let t = &lines(&l, &step_output(&report, "agent", "trajectories"))[0];
     assert_eq!(t["policy"], "endpoint(model=local-test, temperature=0)");
     assert_eq!(t["stop_reason"], "submitted");
     assert_eq!(t["resolved"], false);
@@ -307,7 +301,11 @@ policy = {{ kind = "endpoint", base_url = "{llm}", model = "local-test" }}
     );
     // Its replay needs neither the endpoint nor the engine.
     let out = l
-        .command(["replay", "--json", &output(agent, "trajectories")])
+        .command([
+            "replay",
+            "--json",
+            &step_output(&report, "agent", "trajectories"),
+        ])
         .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
         .output()
         .unwrap();
@@ -324,7 +322,7 @@ policy = {{ kind = "endpoint", base_url = "{llm}", model = "local-test" }}
     );
 
     // An offline replay: no engine is reachable, every container answer comes from the record.
-    let traj = output(rollouts, "trajectories");
+    let traj = step_output(&report, "rollouts", "trajectories");
     let out = l
         .command(["replay", "--check", "--json", traj.as_str()])
         .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
@@ -337,7 +335,12 @@ policy = {{ kind = "endpoint", base_url = "{llm}", model = "local-test" }}
 
     // Re-executing the gold grading in a fresh container agrees with the record.
     let r = l
-        .ok(["replay", "--reexecute", "--json", &output(gold, "score")])
+        .ok([
+            "replay",
+            "--reexecute",
+            "--json",
+            &step_output(&report, "gold", "score"),
+        ])
         .json();
     let actions = &r["steps"][0]["actions"];
     assert!(actions["actions"].as_u64().unwrap() >= 1, "{r}");
