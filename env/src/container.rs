@@ -116,6 +116,11 @@ impl ExecRequest {
     }
 }
 
+/// `s` as one single-quoted word for `bash -c` scripts.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 /// What a finished exec produced.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ExecOutput {

@@ -7,7 +7,7 @@
 //! ERROR, SKIPPED and XPASS do not; a test missing from the log counts as failed. When a test
 //! appears several times, its last line wins.
 
-use crate::container::{Container, ExecRequest};
+use crate::container::{shell_quote, Container, ExecRequest};
 use crate::instance::TaskInstance;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -157,10 +157,6 @@ pub fn patched_files(patch: &str) -> Vec<String> {
     files
 }
 
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
 /// Grades `model_patch` for `instance` in `container`, whose repository must hold the
 /// instance's `base_commit`: resets the repository to it, checks and applies the patch,
 /// applies the test patch, runs the tests and parses the log.
@@ -178,7 +174,7 @@ pub fn evaluate(
     let reset = sh(
         &format!(
             "git reset -q --hard {} && git clean -fdxq",
-            quote(&instance.base_commit)
+            shell_quote(&instance.base_commit)
         ),
         short,
     )?;
@@ -244,10 +240,10 @@ pub fn evaluate(
         for f in &files {
             restore.push_str(&format!(
                 "git cat-file -e {}:{} 2>/dev/null && git checkout -q {} -- {}; ",
-                quote(&instance.base_commit),
-                quote(f),
-                quote(&instance.base_commit),
-                quote(f)
+                shell_quote(&instance.base_commit),
+                shell_quote(f),
+                shell_quote(&instance.base_commit),
+                shell_quote(f)
             ));
         }
         let tp = sh(&format!("{restore}git apply -v {dir}/test.patch"), short)?;
@@ -264,7 +260,7 @@ pub fn evaluate(
         None => {
             let files: Vec<String> = patched_files(&instance.test_patch)
                 .iter()
-                .map(|f| quote(f))
+                .map(|f| shell_quote(f))
                 .collect();
             format!(
                 "python3 -m pytest -rA -p no:cacheprovider {}",

@@ -215,7 +215,7 @@ impl Scripted {
             .fail_to_pass
             .iter()
             .take(5)
-            .map(|t| super::synthesize::shell_quote(t))
+            .map(|t| env::container::shell_quote(t))
             .collect();
         let run_tests = format!(
             "python3 -m pytest -q -p no:cacheprovider {} 2>&1 | tail -n 30",
@@ -251,7 +251,7 @@ impl Scripted {
             plan.push(call(
                 &format!("Let me read the code around line {} of {}.", r.line, r.path),
                 "bash",
-                serde_json::json!({"command": format!("nl -ba {} | sed -n '{from},{to}p'", super::synthesize::shell_quote(&r.path))}),
+                serde_json::json!({"command": format!("nl -ba {} | sed -n '{from},{to}p'", env::container::shell_quote(&r.path))}),
             ));
         }
         for r in &reps {

@@ -586,11 +586,11 @@ fn setup_script(inst: &TaskInstance) -> anyhow::Result<String> {
     Ok(match environment(inst)? {
         Some(env) => format!(
             "set -e; git reset -q --hard && git clean -fdxq && printf '%s' {} > /tmp/davinci-bug.patch && git apply /tmp/davinci-bug.patch && {GIT_FIXED} commit -qam 'synthetic bug' && rm /tmp/davinci-bug.patch && git rev-parse HEAD",
-            super::synthesize::shell_quote(&env.bug_patch)
+            env::container::shell_quote(&env.bug_patch)
         ),
         None => format!(
             "set -e; git checkout -qf {} && git clean -fdxq && git rev-parse HEAD",
-            super::synthesize::shell_quote(&inst.base_commit)
+            env::container::shell_quote(&inst.base_commit)
         ),
     })
 }

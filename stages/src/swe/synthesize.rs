@@ -24,6 +24,7 @@
 use super::{connect_engine, env_cache_dir, parallel_jobs, with_recorder, Recorder, Session};
 use crate::pypi::PypiFile;
 use anyhow::{bail, Context};
+use env::container::shell_quote;
 use env::grading::{parse_pytest_log, TestStatus};
 use env::image::BaseImageSpec;
 use env::instance::TaskInstance;
@@ -109,10 +110,6 @@ fn default_parallel() -> usize {
 }
 fn default_statement_chars() -> usize {
     3000
-}
-
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// One candidate edit, as `mutate.py list` prints it.
