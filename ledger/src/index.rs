@@ -1,21 +1,23 @@
-//! The sled index: derived lookups over the event log, rebuildable from it at any time.
+//! The index: derived lookups over the event log, rebuildable from it at any time. Keyed
+//! lookups live in sled trees; the dense `seq → frame` table lives in a flat file beside them
+//! (`locations`).
 //!
 //! Applying an event is idempotent, and the `meta/tail` record is written after the event's
-//! entries, so a crash between the two just re-applies the event on the next open.
+//! entries and location, so a crash between the two just re-applies the event on the next open.
 
 use crate::error::Result;
 use crate::event::{EventKind, RunStatus};
 use crate::hash::Hash;
+use crate::locations::{Location, LocationIter, Locations};
 use crate::log::{Stored, Tail};
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::path::Path;
 
-#[derive(Clone)]
 pub struct Index {
     db: sled::Db,
-    /// seq → offset ++ event id
-    events: sled::Tree,
+    /// seq → where the event's frame lies, and its id
+    locations: Locations,
     /// artifact → seq of the event that first brought its bytes
     artifacts: sled::Tree,
     /// action key → seq of the latest successful stage run
@@ -42,8 +44,12 @@ pub enum OpenIndex {
     Broken(String),
 }
 
-const TREES: [&str; 8] = [
-    "events",
+/// The file of the location table, inside sled's directory (so sled's lock guards it too).
+const LOCATIONS_FILE: &str = "locations";
+
+pub const TREE_COUNT: usize = 7;
+
+const TREES: [&str; TREE_COUNT] = [
     "artifacts",
     "actions",
     "runs",
@@ -56,7 +62,10 @@ const TREES: [&str; 8] = [
 impl Index {
     pub fn open(path: &Path) -> Result<OpenIndex> {
         match sled::Config::new().path(path).open() {
-            Ok(db) => Ok(OpenIndex::Ready(Index::from_db(db)?)),
+            Ok(db) => {
+                let locations = Locations::open(&path.join(LOCATIONS_FILE))?;
+                Ok(OpenIndex::Ready(Index::from_db(db, locations)?))
+            }
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
                 Ok(OpenIndex::Busy)
             }
@@ -69,12 +78,19 @@ impl Index {
 
     /// An in-memory index, for readers while a writer holds the persistent one, and for checks.
     pub fn temporary() -> Result<Index> {
-        Index::from_db(sled::Config::new().temporary(true).open()?)
+        Index::from_db(
+            sled::Config::new().temporary(true).open()?,
+            Locations::Memory(Vec::new()),
+        )
     }
 
-    fn from_db(db: sled::Db) -> Result<Index> {
-        Ok(Index {
-            events: db.open_tree("events")?,
+    fn from_db(db: sled::Db, locations: Locations) -> Result<Index> {
+        // Indexes written before the location table kept it in a sled tree.
+        if db.tree_names().iter().any(|name| name == b"events") {
+            db.drop_tree("events")?;
+        }
+        let mut index = Index {
+            locations,
             artifacts: db.open_tree("artifacts")?,
             actions: db.open_tree("actions")?,
             runs: db.open_tree("runs")?,
@@ -84,20 +100,23 @@ impl Index {
             collected: db.open_tree("collected")?,
             meta: db.open_tree("meta")?,
             db,
-        })
+        };
+        // Locations written after the last recorded tail (a crash in between) are redone.
+        let recorded = index.recorded_tail()?.next_seq;
+        index.locations.truncate(recorded)?;
+        Ok(index)
     }
 
-    pub fn clear(&self) -> Result<()> {
+    pub fn clear(&mut self) -> Result<()> {
         for t in self.trees() {
             t.clear()?;
         }
         self.meta.clear()?;
-        Ok(())
+        self.locations.truncate(0)
     }
 
-    fn trees(&self) -> [&sled::Tree; 8] {
+    fn trees(&self) -> [&sled::Tree; TREE_COUNT] {
         [
-            &self.events,
             &self.artifacts,
             &self.actions,
             &self.runs,
@@ -108,8 +127,29 @@ impl Index {
         ]
     }
 
-    /// Where the index has caught up to in the log.
+    /// Where the index has caught up to in the log: the recorded tail, or the end of the
+    /// location table if that holds fewer events (it is not synced with sled; see `locations`).
     pub fn tail(&self) -> Result<Tail> {
+        let recorded = self.recorded_tail()?;
+        let located = self.locations.records();
+        if located >= recorded.next_seq {
+            return Ok(recorded);
+        }
+        if located == 0 {
+            return Ok(Tail::EMPTY);
+        }
+        let last = self
+            .locations
+            .get(located - 1)?
+            .expect("a record below the count");
+        Ok(Tail {
+            next_seq: located,
+            last_id: last.id,
+            end: last.end,
+        })
+    }
+
+    fn recorded_tail(&self) -> Result<Tail> {
         Ok(match self.meta.get("tail")? {
             Some(v) if v.len() == 48 => Tail {
                 next_seq: u64::from_be_bytes(v[..8].try_into().unwrap()),
@@ -129,21 +169,30 @@ impl Index {
         Ok(())
     }
 
-    /// Applies events (in log order) and records the new tail.
-    pub fn apply(&self, events: &[Stored], tail: Tail) -> Result<()> {
+    /// Applies events (consecutive, in log order) and records the new tail.
+    pub fn apply(&mut self, events: &[Stored], tail: Tail) -> Result<()> {
+        let mut located = Vec::with_capacity(events.len());
+        // Most ledgers never ran `gc`: spare every introduction its `collected` lookup.
+        let mut any_collected = !self.collected.is_empty();
         for s in events {
-            self.apply_one(s)?;
+            self.apply_one(s, &mut any_collected, &mut located)?;
+        }
+        if let Some(first) = events.first() {
+            self.locations.write(first.event.seq, &located)?;
         }
         self.set_tail(tail)
     }
 
-    fn apply_one(&self, s: &Stored) -> Result<()> {
+    fn apply_one(
+        &self,
+        s: &Stored,
+        any_collected: &mut bool,
+        located: &mut Vec<Location>,
+    ) -> Result<()> {
         changes(s, |change| {
             match change {
-                Change::Located { seq, offset, id } => {
-                    self.events.insert(seq, &located(offset, id)[..])?;
-                }
-                Change::Introduced { hash, seq } => self.introduce(hash, &seq)?,
+                Change::Located(location) => located.push(location),
+                Change::Introduced { hash, seq } => self.introduce(hash, &seq, *any_collected)?,
                 Change::RunEvent { run, seq } => {
                     self.runs.insert(cat(run, &seq), &[])?;
                 }
@@ -163,6 +212,7 @@ impl Index {
                 }
                 Change::Collected { hash, seq } => {
                     self.collected.insert(hash.as_bytes(), &seq)?;
+                    *any_collected = true;
                 }
             }
             Ok(())
@@ -171,10 +221,13 @@ impl Index {
 
     /// Records the first event that brought an artifact's bytes; bytes brought again after a
     /// `gc` are no longer collected.
-    fn introduce(&self, hash: &Hash, seq: &[u8; 8]) -> Result<()> {
+    fn introduce(&self, hash: &Hash, seq: &[u8; 8], any_collected: bool) -> Result<()> {
         self.artifacts
             .compare_and_swap(hash.as_bytes(), None as Option<&[u8]>, Some(seq))?
             .ok();
+        if !any_collected {
+            return Ok(());
+        }
         if let Some(at) = self.collected.get(hash.as_bytes())? {
             if at.as_ref() < &seq[..] {
                 self.collected.remove(hash.as_bytes())?;
@@ -184,21 +237,22 @@ impl Index {
     }
 
     pub fn flush(&self) -> Result<()> {
+        self.locations.sync()?;
         self.db.flush()?;
         Ok(())
     }
 
-    pub fn event_location(&self, seq: u64) -> Result<Option<(u64, Hash)>> {
-        Ok(self.events.get(seq.to_be_bytes())?.map(|v| {
-            (
-                u64::from_be_bytes(v[..8].try_into().unwrap()),
-                Hash(v[8..40].try_into().unwrap()),
-            )
-        }))
+    pub fn event_location(&self, seq: u64) -> Result<Option<Location>> {
+        self.locations.get(seq)
+    }
+
+    /// The locations of the first `n` events, read in order (for checking against the log).
+    pub fn locations(&self, n: u64) -> Result<LocationIter<'_>> {
+        self.locations.iter(n)
     }
 
     pub fn event_count(&self) -> u64 {
-        self.events.len() as u64
+        self.locations.records()
     }
 
     /// The event that first brought an artifact's bytes.
@@ -282,7 +336,7 @@ impl Index {
 
     /// Each tree's entry count and digest, in `TREES` order (see `Expected`); the trees are
     /// read on threads of their own.
-    pub fn digests(&self, keys: &DigestKeys) -> Result<[TreeDigest; 8]> {
+    pub fn digests(&self, keys: &DigestKeys) -> Result<[TreeDigest; TREE_COUNT]> {
         let digest = |tree: &sled::Tree| -> Result<TreeDigest> {
             let mut d = TreeDigest::default();
             for kv in tree.iter() {
@@ -291,7 +345,7 @@ impl Index {
             }
             Ok(d)
         };
-        let mut out = [TreeDigest::default(); 8];
+        let mut out = [TreeDigest::default(); TREE_COUNT];
         std::thread::scope(|s| -> Result<()> {
             let jobs: Vec<_> = self
                 .trees()
@@ -309,8 +363,8 @@ impl Index {
 
 /// The trees whose digests differ, with both entry counts: (tree, index, log).
 pub fn differences(
-    index: &[TreeDigest; 8],
-    expected: &[TreeDigest; 8],
+    index: &[TreeDigest; TREE_COUNT],
+    expected: &[TreeDigest; TREE_COUNT],
 ) -> Vec<(&'static str, u64, u64)> {
     TREES
         .iter()
@@ -324,12 +378,8 @@ pub fn differences(
 /// their changes from `changes`, so the check cannot drift from what indexing does.
 #[derive(Clone, Copy, Debug)]
 enum Change<'a> {
-    /// `events`: seq → offset ++ event id.
-    Located {
-        seq: [u8; 8],
-        offset: u64,
-        id: &'a Hash,
-    },
+    /// The location table: seq → frame and id.
+    Located(Location),
     /// `artifacts`: the first event wins; clears an older `collected` entry.
     Introduced { hash: &'a Hash, seq: [u8; 8] },
     /// `runs`: run id ++ seq.
@@ -352,11 +402,7 @@ fn changes<'a, E>(
     mut f: impl FnMut(Change<'a>) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
     let seq = s.event.seq.to_be_bytes();
-    f(Change::Located {
-        seq,
-        offset: s.offset,
-        id: &s.id,
-    })?;
+    f(Change::Located(Location::of(s)))?;
     match &s.event.kind {
         EventKind::ArtifactAdded(a) => f(Change::Introduced { hash: &a.hash, seq }),
         EventKind::RunStarted(r) => {
@@ -411,13 +457,6 @@ fn changes<'a, E>(
     }
 }
 
-fn located(offset: u64, id: &Hash) -> [u8; 40] {
-    let mut loc = [0u8; 40];
-    loc[..8].copy_from_slice(&offset.to_be_bytes());
-    loc[8..].copy_from_slice(id.as_bytes());
-    loc
-}
-
 /// Secret keys of the entry hash, fresh for every check, so no crafted index can be made to
 /// match a log it does not describe.
 #[derive(Clone)]
@@ -459,13 +498,13 @@ impl TreeDigest {
     }
 }
 
-/// The index a log implies, built in memory while the log is read, as compactly as the check
-/// needs: the trees whose keys no two events share (`events`, `runs`, `consumers`) only as
+/// The sled trees a log implies, built in memory while the log is read, as compactly as the
+/// check needs: the trees whose keys no two events share (`runs`, `consumers`) only as
 /// digests, the others (one entry per artifact, action, request, tag or collected blob) as
-/// maps, since later events change their entries.
+/// maps, since later events change their entries. (The location table is compared with the
+/// log directly, record by record: see `verify`.)
 pub struct Expected {
     keys: DigestKeys,
-    events: TreeDigest,
     runs: TreeDigest,
     consumers: TreeDigest,
     /// `consumers` keys of the current event (an input may be named twice).
@@ -482,15 +521,14 @@ impl Expected {
     pub fn new(keys: DigestKeys) -> Expected {
         Expected {
             keys,
-            events: TreeDigest::default(),
             runs: TreeDigest::default(),
             consumers: TreeDigest::default(),
             consumed: Vec::new(),
-            artifacts: HashMap::new(),
-            actions: HashMap::new(),
-            observations: HashMap::new(),
-            tags: HashMap::new(),
-            collected: HashMap::new(),
+            artifacts: HashMap::default(),
+            actions: HashMap::default(),
+            observations: HashMap::default(),
+            tags: HashMap::default(),
+            collected: HashMap::default(),
         }
     }
 
@@ -499,9 +537,7 @@ impl Expected {
         self.consumed.clear();
         let Ok(()) = changes::<std::convert::Infallible>(s, |change| {
             match change {
-                Change::Located { seq, offset, id } => {
-                    self.events.add(&self.keys, &seq, &located(offset, id))
-                }
+                Change::Located(_) => {}
                 Change::Introduced { hash, seq } => {
                     self.artifacts.entry(*hash).or_insert(seq);
                     if self.collected.get(hash).is_some_and(|at| *at < seq) {
@@ -534,7 +570,7 @@ impl Expected {
     }
 
     /// Each tree's digest, in `TREES` order.
-    pub fn digests(&self) -> [TreeDigest; 8] {
+    pub fn digests(&self) -> [TreeDigest; TREE_COUNT] {
         let map = |m: &HashMap<Hash, [u8; 8]>| {
             let mut d = TreeDigest::default();
             for (k, v) in m {
@@ -547,7 +583,6 @@ impl Expected {
             tags.add(&self.keys, name.as_bytes(), target.as_bytes());
         }
         [
-            self.events,
             map(&self.artifacts),
             map(&self.actions),
             self.runs,

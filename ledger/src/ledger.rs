@@ -96,7 +96,7 @@ impl Ledger {
         let index_path = dir.join(INDEX_DIR);
         // Readers hold the persistent index only for the length of one command.
         let deadline = Instant::now() + Duration::from_secs(60);
-        let index = loop {
+        let mut index = loop {
             match Index::open(&index_path)? {
                 OpenIndex::Ready(index) => break index,
                 OpenIndex::Busy if Instant::now() < deadline => {
@@ -204,11 +204,11 @@ impl Ledger {
         if len < tail.end {
             return Err(truncated());
         }
-        let Some((offset, id)) = self.index.event_location(tail.next_seq - 1)? else {
+        let Some(last) = self.index.event_location(tail.next_seq - 1)? else {
             return Err(truncated());
         };
-        match log::read_at(&self.log_file, &self.log_path, offset) {
-            Ok(s) if s.id == id && s.id == tail.last_id => Ok(()),
+        match log::read_at(&self.log_file, &self.log_path, last.start) {
+            Ok(s) if s.id == last.id && s.id == tail.last_id && s.end == tail.end => Ok(()),
             _ => Err(truncated()),
         }
     }
@@ -265,12 +265,12 @@ impl Ledger {
     }
 
     pub fn event(&self, seq: u64) -> Result<Stored> {
-        let (offset, id) = self
+        let location = self
             .index
             .event_location(seq)?
             .ok_or_else(|| Error::NotFound(format!("no event #{seq}")))?;
-        let stored = log::read_at(&self.log_file, &self.log_path, offset)?;
-        if stored.id != id || stored.event.seq != seq {
+        let stored = log::read_at(&self.log_file, &self.log_path, location.start)?;
+        if stored.id != location.id || stored.event.seq != seq {
             return Err(Error::Corrupt(format!(
                 "event #{seq} in the log does not match the index; run `ledger verify`"
             )));

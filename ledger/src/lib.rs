@@ -12,6 +12,7 @@ pub mod hash;
 pub mod index;
 pub mod ledger;
 pub mod lineage;
+pub mod locations;
 pub mod lock;
 pub mod log;
 pub mod runner;

@@ -36,10 +36,13 @@ impl Tail {
     };
 }
 
-/// An event as stored: where it is and what its id is.
+/// An event as stored: where its frame is and what its id is.
 #[derive(Clone, Debug)]
 pub struct Stored {
+    /// Byte offset of the frame.
     pub offset: u64,
+    /// Byte offset just past the frame (the next frame's offset).
+    pub end: u64,
     pub id: Hash,
     pub event: Event,
 }
@@ -78,6 +81,8 @@ pub fn create(path: &Path) -> Result<()> {
 pub struct Scanner {
     path: PathBuf,
     reader: BufReader<File>,
+    /// The current frame's bytes, reused from frame to frame.
+    body: Vec<u8>,
     len: u64,
     pos: u64,
     expect_seq: u64,
@@ -111,6 +116,7 @@ impl Scanner {
         Ok(Scanner {
             path: path.to_path_buf(),
             reader: BufReader::with_capacity(1 << 20, file),
+            body: Vec::new(),
             len,
             pos: from.end,
             expect_seq: from.next_seq,
@@ -172,12 +178,12 @@ impl Scanner {
                 bytes: remaining,
             }));
         }
-        let mut body = vec![0u8; len as usize + SUM_BYTES as usize];
+        self.body.resize(len as usize + SUM_BYTES as usize, 0);
         self.reader
-            .read_exact(&mut body)
+            .read_exact(&mut self.body)
             .map_err(|e| Error::io(&self.path, e))?;
         self.pos += frame_len;
-        let (payload, sum) = body.split_at(len as usize);
+        let (payload, sum) = self.body.split_at(len as usize);
         let id = Hash::of(payload);
         let alt_prev = self.alt_prev.take();
         if id.0[..] != sum[..] {
@@ -224,7 +230,12 @@ impl Scanner {
         }
         self.expect_seq += 1;
         self.expect_prev = id;
-        Ok(Some(Frame::Good(Stored { offset, id, event })))
+        Ok(Some(Frame::Good(Stored {
+            offset,
+            end: self.pos,
+            id,
+            event,
+        })))
     }
 }
 
@@ -274,7 +285,12 @@ pub fn read_at(file: &File, path: &Path, offset: u64) -> Result<Stored> {
             path.display()
         ))
     })?;
-    Ok(Stored { offset, id, event })
+    Ok(Stored {
+        offset,
+        end: offset + LEN_BYTES + len as u64 + SUM_BYTES,
+        id,
+        event,
+    })
 }
 
 /// The single appender. Holding one requires the writer lock.
@@ -338,7 +354,13 @@ impl Writer {
             buf.extend_from_slice(id.as_bytes());
             tail.next_seq += 1;
             tail.last_id = id;
-            stored.push(Stored { offset, id, event });
+            let end = tail.end + buf.len() as u64;
+            stored.push(Stored {
+                offset,
+                end,
+                id,
+                event,
+            });
         }
         tail.end += buf.len() as u64;
         let write = (|| {

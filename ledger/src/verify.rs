@@ -1,20 +1,22 @@
 //! `ledger verify`: rehash every blob, walk the hash chain, check the index against the log,
 //! and name every artifact downstream of a damaged one.
 //!
-//! The three passes run at once: blobs are rehashed on worker threads, the index's trees are
-//! read into order-independent digests on another, and this thread walks the log, building
-//! the digests the index should have (`index::Expected`, from the same event → entries mapping
-//! indexing uses). No second index is built.
+//! The three passes run at once: blobs are rehashed on worker threads, the index's sled trees
+//! are read into order-independent digests on others, and this thread walks the log, building
+//! the digests the trees should have (`index::Expected`, from the same event → entries mapping
+//! indexing uses) and comparing the location table record by record. No second index is built.
 
 use crate::error::Result;
 use crate::event::{Event, EventKind, RunStatus};
 use crate::hash::Hash;
 use crate::index::{differences, DigestKeys, Expected};
 use crate::ledger::Ledger;
-use crate::log::Frame;
+use crate::locations::{Location, LocationIter};
+use crate::log::{Frame, Stored};
+use foldhash::{HashMap, HashSet};
 use indicatif::ProgressBar;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -69,7 +71,9 @@ impl LogFacts {
         let seq = event.seq;
         let introduce = |h: Hash, facts: &mut LogFacts| {
             facts.introduced.entry(h).or_insert(seq);
-            facts.collected.remove(&h);
+            if !facts.collected.is_empty() {
+                facts.collected.remove(&h);
+            }
         };
         match &event.kind {
             EventKind::ArtifactAdded(a) => introduce(a.hash, self),
@@ -100,6 +104,56 @@ impl LogFacts {
     }
 }
 
+/// The index's location table against the events of the log, as the walk meets them.
+struct LocationCheck<'a> {
+    table: LocationIter<'a>,
+    /// The seq of the table's next record.
+    next: u64,
+    checked: u64,
+    differing: u64,
+    first_differing: Option<u64>,
+}
+
+impl LocationCheck<'_> {
+    fn check(&mut self, stored: &Stored) -> Result<()> {
+        // After damage the walk may skip events; their records are skipped too.
+        while self.next <= stored.event.seq {
+            let Some(record) = self.table.next().transpose()? else {
+                break;
+            };
+            self.next += 1;
+            if self.next - 1 == stored.event.seq {
+                self.checked += 1;
+                if record != Location::of(stored) {
+                    self.differing += 1;
+                    self.first_differing.get_or_insert(stored.event.seq);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn problem(&self, indexed: u64) -> Option<Problem> {
+        let missing = indexed.saturating_sub(self.checked);
+        if self.differing == 0 && missing == 0 {
+            return None;
+        }
+        let mut detail = format!(
+            "{} of its {indexed} records differ from the log",
+            self.differing + missing
+        );
+        if let Some(seq) = self.first_differing {
+            detail.push_str(&format!(" (the first: event #{seq})"));
+        }
+        detail.push_str("; `ledger reindex` rebuilds it");
+        Some(Problem {
+            kind: "index",
+            subject: "index table `locations`".into(),
+            detail,
+        })
+    }
+}
+
 pub fn verify(ledger: &Ledger, progress: &ProgressBar) -> Result<VerifyReport> {
     let started = Instant::now();
     let mut problems = Vec::new();
@@ -122,6 +176,13 @@ pub fn verify(ledger: &Ledger, progress: &ProgressBar) -> Result<VerifyReport> {
     let check_index = ledger.index_problem().is_none();
     let keys = DigestKeys::new();
     let mut expected = Expected::new(keys.clone());
+    let mut locations = LocationCheck {
+        table: ledger.index().locations(index_tail)?,
+        next: 0,
+        checked: 0,
+        differing: 0,
+        first_differing: None,
+    };
     let mut chain_broken = false;
     let next = AtomicUsize::new(0);
 
@@ -163,6 +224,7 @@ pub fn verify(ledger: &Ledger, progress: &ProgressBar) -> Result<VerifyReport> {
                     facts.learn(&stored.event);
                     if check_index && stored.event.seq < index_tail {
                         expected.learn(&stored);
+                        locations.check(&stored)?;
                     }
                 }
                 Frame::Torn { offset, bytes } => warnings.push(format!(
@@ -234,6 +296,7 @@ pub fn verify(ledger: &Ledger, progress: &ProgressBar) -> Result<VerifyReport> {
             detail: problem.to_string(),
         });
     } else if let (false, Some(ours)) = (chain_broken, index_digests) {
+        problems.extend(locations.problem(index_tail));
         for (tree, ours, theirs) in differences(&ours, &expected.digests()) {
             problems.push(Problem {
                 kind: "index",
@@ -248,7 +311,7 @@ pub fn verify(ledger: &Ledger, progress: &ProgressBar) -> Result<VerifyReport> {
 
     // 3. Every blob against its address, and every artifact against the store.
     let mut blob_bytes = 0;
-    let stored: BTreeSet<Hash> = blobs.iter().copied().collect();
+    let stored: HashSet<Hash> = blobs.iter().copied().collect();
     for (hash, (actual, size)) in blobs.iter().zip(rehashed) {
         blob_bytes += size;
         if actual != *hash {

@@ -1,7 +1,8 @@
 //! `verify` checks the index against the log without building a second index: these tests
 //! pin that the log-implied index matches what indexing writes for every kind of event
 //! (first-wins, latest-wins, gc and re-introduction, repeated inputs), and that damage to any
-//! tree of the persistent index is reported, naming the tree, until `reindex` repairs it.
+//! tree of the persistent index, or to its location table, is reported, naming it, until
+//! `reindex` repairs it.
 
 use indicatif::ProgressBar;
 use ledger::event::*;
@@ -214,16 +215,6 @@ fn damage_to_any_index_tree_is_named_until_reindex() {
 
     type Edit = Box<dyn Fn(&sled::Db)>;
     let cases: Vec<(&str, Edit)> = vec![
-        // A lost entry.
-        (
-            "events",
-            Box::new(|db| {
-                db.open_tree("events")
-                    .unwrap()
-                    .remove(3u64.to_be_bytes())
-                    .unwrap();
-            }),
-        ),
         // A changed value: the artifact now seems introduced by another event.
         (
             "artifacts",
@@ -294,4 +285,85 @@ fn damage_to_any_index_tree_is_named_until_reindex() {
         let report = verify_dir(&dir);
         assert!(report.clean(), "after reindex: {:?}", report.problems);
     }
+
+    // The location table (a flat file beside sled's trees): event #3 now claims another id.
+    let table = dir.join("index").join("locations");
+    let mut bytes = std::fs::read(&table).unwrap();
+    assert_eq!(bytes.len(), 8 + 14 * 48, "one 48-byte record per event");
+    bytes[8 + 3 * 48 + 16] ^= 1;
+    std::fs::write(&table, &bytes).unwrap();
+    let report = verify_dir(&dir);
+    assert_eq!(index_problems(&report), ["index table `locations`"]);
+    let detail = &report.problems[0].detail;
+    assert!(
+        detail.contains("1 of its 14 records differ from the log (the first: event #3)"),
+        "{detail}"
+    );
+    Ledger::reindex(&dir, Wait::Block).unwrap();
+    assert!(verify_dir(&dir).clean());
+}
+
+/// The location table is not synced with sled: after a crash it may hold fewer events than
+/// sled's tail says, or more. Either way the next open resumes indexing where both agree.
+#[test]
+fn a_location_table_out_of_step_with_sled_is_caught_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("l");
+    every_kind_of_event(&dir);
+    let table = dir.join("index").join("locations");
+    let full = std::fs::read(&table).unwrap();
+
+    // Behind: the last 5 records were lost.
+    std::fs::write(&table, &full[..full.len() - 5 * 48]).unwrap();
+    {
+        let l = Ledger::open(&dir).unwrap();
+        assert_eq!(l.event_count(), 14);
+        assert_eq!(l.event(13).unwrap().event.seq, 13);
+    }
+    assert_eq!(std::fs::read(&table).unwrap(), full, "rebuilt as it was");
+    assert!(verify_dir(&dir).clean());
+
+    // Gone altogether (or from an older version that kept it in sled).
+    std::fs::remove_file(&table).unwrap();
+    let mut l = Ledger::open_writer(&dir, Wait::Block).unwrap();
+    assert_eq!(std::fs::read(&table).unwrap(), full);
+    // Ahead: records past sled's tail (written just before a crash) are dropped on open, and
+    // the writer goes on from the tail.
+    l.append_one(EventKind::Tag(Tag {
+        name: "later".into(),
+        target: Hash::of(b"x"),
+    }))
+    .unwrap();
+    drop(l);
+    assert!(verify_dir(&dir).clean());
+    let mut ahead = std::fs::read(&table).unwrap();
+    assert_eq!(ahead.len(), full.len() + 48);
+    ahead.extend_from_slice(&[7; 48]);
+    std::fs::write(&table, &ahead).unwrap();
+    let l = Ledger::open(&dir).unwrap();
+    assert_eq!(l.event_count(), 15);
+    drop(l);
+    assert_eq!(std::fs::read(&table).unwrap().len(), full.len() + 48);
+    assert!(verify_dir(&dir).clean());
+}
+
+/// Indexes from before the location table kept it as the sled tree `events`: opening one
+/// drops that tree and rebuilds the table from the log.
+#[test]
+fn an_index_with_the_old_events_tree_is_migrated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("l");
+    every_kind_of_event(&dir);
+    std::fs::remove_file(dir.join("index").join("locations")).unwrap();
+    damage(&dir, |db| {
+        let t = db.open_tree("events").unwrap();
+        t.insert(0u64.to_be_bytes(), &[0u8; 40][..]).unwrap();
+    });
+    let l = Ledger::open(&dir).unwrap();
+    assert_eq!(l.event_count(), 14);
+    drop(l);
+    let db = sled::open(dir.join("index")).unwrap();
+    assert!(!db.tree_names().iter().any(|n| n == b"events"));
+    drop(db);
+    assert!(verify_dir(&dir).clean());
 }
