@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::log::Stored;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -198,7 +198,9 @@ impl Locations {
                     .map_err(|e| Error::io(path, e))?;
                 LocationIter::File {
                     path,
-                    reader: BufReader::with_capacity(1 << 20, file),
+                    file,
+                    chunk: Vec::new(),
+                    at: 0,
                     left: n,
                 }
             }
@@ -211,10 +213,17 @@ fn position(seq: u64) -> u64 {
     HEADER.len() as u64 + seq * RECORD
 }
 
+/// Records read per `read` call.
+const CHUNK_RECORDS: u64 = 16 * 1024;
+
 pub enum LocationIter<'a> {
     File {
         path: &'a Path,
-        reader: BufReader<File>,
+        file: File,
+        /// Records read ahead, and the position of the next one in it.
+        chunk: Vec<u8>,
+        at: usize,
+        /// Records not yet read from the file.
         left: u64,
     },
     Memory(std::slice::Iter<'a, Location>),
@@ -225,18 +234,31 @@ impl Iterator for LocationIter<'_> {
 
     fn next(&mut self) -> Option<Result<Location>> {
         match self {
-            LocationIter::File { path, reader, left } => {
-                if *left == 0 {
-                    return None;
+            LocationIter::File {
+                path,
+                file,
+                chunk,
+                at,
+                left,
+            } => {
+                if *at == chunk.len() {
+                    if *left == 0 {
+                        return None;
+                    }
+                    let n = (*left).min(CHUNK_RECORDS);
+                    chunk.resize((n * RECORD) as usize, 0);
+                    if let Err(e) = file.read_exact(chunk) {
+                        *left = 0;
+                        chunk.clear();
+                        *at = 0;
+                        return Some(Err(Error::io(path, e)));
+                    }
+                    *left -= n;
+                    *at = 0;
                 }
-                *left -= 1;
-                let mut record = [0u8; RECORD as usize];
-                Some(
-                    reader
-                        .read_exact(&mut record)
-                        .map(|()| Location::decode(&record))
-                        .map_err(|e| Error::io(path, e)),
-                )
+                let record = chunk[*at..*at + RECORD as usize].try_into().unwrap();
+                *at += RECORD as usize;
+                Some(Ok(Location::decode(record)))
             }
             LocationIter::Memory(it) => it.next().copied().map(Ok),
         }
