@@ -286,35 +286,51 @@ pub fn log(ctx: &Context, limit: Option<usize>, json: bool) -> Result<ExitCode> 
     let ledger = ctx.reader()?;
     let total = ledger.event_count();
     let skip = limit.map_or(0, |n| total.saturating_sub(n as u64));
-    let mut out = std::io::stdout().lock();
-    let mut items = Vec::new();
     let mut damaged = 0;
-    for frame in ledger.scan()? {
-        let stored = match frame? {
-            Frame::Good(stored) => stored,
-            Frame::Torn { .. } => break,
-            // Show what is readable, but never hide damage.
-            Frame::Damaged { offset, reason, .. } => {
-                damaged += 1;
-                eprintln!(
-                    "warning: {}: damaged record at byte {offset} ({reason}) is not shown; run `ledger verify`",
-                    ledger.log_path().display()
-                );
-                continue;
-            }
-        };
-        if stored.event.seq < skip {
-            continue;
-        }
+    let mut failure = None;
+    // Streamed, event by event: a million-event log is never held in memory, as text or JSON.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let written = {
+        let events = ledger
+            .scan()?
+            .map_while(|frame| match frame {
+                Ok(Frame::Good(stored)) => Some(Some(stored)),
+                Ok(Frame::Torn { .. }) => None,
+                // Show what is readable, but never hide damage.
+                Ok(Frame::Damaged { offset, reason, .. }) => {
+                    damaged += 1;
+                    eprintln!(
+                        "warning: {}: damaged record at byte {offset} ({reason}) is not shown; run `ledger verify`",
+                        ledger.log_path().display()
+                    );
+                    Some(None)
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    None
+                }
+            })
+            .flatten()
+            .filter(|stored| stored.event.seq >= skip);
         if json {
-            items.push(event_json(&stored.event));
-        } else if writeln!(out, "{}", summarize(&stored.event)).is_err() {
-            break; // closed pipe
+            let mut serializer = serde_json::Serializer::pretty(&mut out);
+            serde::Serializer::collect_seq(&mut serializer, events.map(|s| event_json(&s.event)))
+                .map_err(std::io::Error::from)
+        } else {
+            let mut events = events;
+            events.try_for_each(|s| writeln!(out, "{}", summarize(&s.event)))
         }
+    };
+    let written = written
+        .and_then(|()| if json { writeln!(out) } else { Ok(()) })
+        .and_then(|()| out.flush());
+    match written {
+        // `ledger log | head` is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other?,
     }
-    if json {
-        drop(out);
-        print_json(&items)?;
+    if let Some(e) = failure {
+        return Err(e.into());
     }
     Ok(if damaged == 0 {
         ExitCode::SUCCESS
