@@ -1,6 +1,6 @@
 //! The index: derived lookups over the event log, rebuildable from it at any time. Keyed
-//! lookups live in sled trees; the dense `seq → frame` table lives in a flat file beside them
-//! (`locations`).
+//! lookups live in sled trees (or, for a reader's private index, in memory: `tree`); the dense
+//! `seq → frame` table lives in a flat file beside them (`locations`).
 //!
 //! Applying an event is idempotent, and the `meta/tail` record is written after the event's
 //! entries and location, so a crash between the two just re-applies the event on the next open.
@@ -10,32 +10,36 @@ use crate::event::{EventKind, RunStatus};
 use crate::hash::Hash;
 use crate::locations::{Location, LocationIter, Locations};
 use crate::log::{Stored, Tail};
+use crate::tree::Tree;
 use foldhash::HashMap;
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::path::Path;
 
 pub struct Index {
-    db: sled::Db,
+    /// The persistent index's database; none for a private index.
+    db: Option<sled::Db>,
     /// seq → where the event's frame lies, and its id
     locations: Locations,
     /// artifact → seq of the event that first brought its bytes
-    artifacts: sled::Tree,
+    artifacts: Tree,
     /// action key → seq of the latest successful stage run
-    actions: sled::Tree,
+    actions: Tree,
     /// run id ++ seq → ()
-    runs: sled::Tree,
+    runs: Tree,
     /// tag name → artifact
-    tags: sled::Tree,
+    tags: Tree,
     /// request hash → seq of the observation
-    observations: sled::Tree,
+    observations: Tree,
     /// artifact ++ seq of a stage run that consumed it → ()
-    consumers: sled::Tree,
+    consumers: Tree,
     /// artifact → seq of the `gc` that removed its bytes
-    collected: sled::Tree,
-    meta: sled::Tree,
+    collected: Tree,
+    /// `tail` → where indexing has caught up to
+    meta: Tree,
 }
 
 /// The outcome of opening the persistent index.
+#[allow(clippy::large_enum_variant)] // made once per command, and `Ready` is the usual answer
 pub enum OpenIndex {
     Ready(Index),
     /// Another process holds the sled database.
@@ -61,61 +65,67 @@ const TREES: [&str; TREE_COUNT] = [
 
 impl Index {
     pub fn open(path: &Path) -> Result<OpenIndex> {
-        match sled::Config::new().path(path).open() {
-            Ok(db) => {
-                let locations = Locations::open(&path.join(LOCATIONS_FILE))?;
-                Ok(OpenIndex::Ready(Index::from_db(db, locations)?))
-            }
+        let db = match sled::Config::new().path(path).open() {
+            Ok(db) => db,
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
-                Ok(OpenIndex::Busy)
+                return Ok(OpenIndex::Busy)
             }
-            Err(e) => Ok(OpenIndex::Broken(format!(
-                "cannot open the index at {}: {e}",
-                path.display()
-            ))),
-        }
-    }
-
-    /// An in-memory index, for readers while a writer holds the persistent one, and for checks.
-    pub fn temporary() -> Result<Index> {
-        Index::from_db(
-            sled::Config::new().temporary(true).open()?,
-            Locations::Memory(Vec::new()),
-        )
-    }
-
-    fn from_db(db: sled::Db, locations: Locations) -> Result<Index> {
+            Err(e) => {
+                return Ok(OpenIndex::Broken(format!(
+                    "cannot open the index at {}: {e}",
+                    path.display()
+                )))
+            }
+        };
         // Indexes written before the location table kept it in a sled tree.
         if db.tree_names().iter().any(|name| name == b"events") {
             db.drop_tree("events")?;
         }
+        let tree = |name: &str| -> Result<Tree> { Ok(Tree::Sled(db.open_tree(name)?)) };
         let mut index = Index {
-            locations,
-            artifacts: db.open_tree("artifacts")?,
-            actions: db.open_tree("actions")?,
-            runs: db.open_tree("runs")?,
-            tags: db.open_tree("tags")?,
-            observations: db.open_tree("observations")?,
-            consumers: db.open_tree("consumers")?,
-            collected: db.open_tree("collected")?,
-            meta: db.open_tree("meta")?,
-            db,
+            locations: Locations::open(&path.join(LOCATIONS_FILE))?,
+            artifacts: tree("artifacts")?,
+            actions: tree("actions")?,
+            runs: tree("runs")?,
+            tags: tree("tags")?,
+            observations: tree("observations")?,
+            consumers: tree("consumers")?,
+            collected: tree("collected")?,
+            meta: tree("meta")?,
+            db: Some(db),
         };
         // Locations written after the last recorded tail (a crash in between) are redone.
         let recorded = index.recorded_tail()?.next_seq;
         index.locations.truncate(recorded)?;
-        Ok(index)
+        Ok(OpenIndex::Ready(index))
+    }
+
+    /// A private index in memory, for readers while a writer holds the persistent one.
+    pub fn temporary() -> Index {
+        // Trees read by prefix keep their keys in order; the rest are hashed.
+        Index {
+            db: None,
+            locations: Locations::Memory(Vec::new()),
+            artifacts: Tree::ordered(),
+            actions: Tree::hashed(),
+            runs: Tree::ordered(),
+            tags: Tree::hashed(),
+            observations: Tree::hashed(),
+            consumers: Tree::ordered(),
+            collected: Tree::hashed(),
+            meta: Tree::hashed(),
+        }
     }
 
     pub fn clear(&mut self) -> Result<()> {
-        for t in self.trees() {
+        for t in self.trees_mut() {
             t.clear()?;
         }
         self.meta.clear()?;
         self.locations.truncate(0)
     }
 
-    fn trees(&self) -> [&sled::Tree; TREE_COUNT] {
+    fn trees(&self) -> [&Tree; TREE_COUNT] {
         [
             &self.artifacts,
             &self.actions,
@@ -124,6 +134,18 @@ impl Index {
             &self.observations,
             &self.consumers,
             &self.collected,
+        ]
+    }
+
+    fn trees_mut(&mut self) -> [&mut Tree; TREE_COUNT] {
+        [
+            &mut self.artifacts,
+            &mut self.actions,
+            &mut self.runs,
+            &mut self.tags,
+            &mut self.observations,
+            &mut self.consumers,
+            &mut self.collected,
         ]
     }
 
@@ -150,23 +172,22 @@ impl Index {
     }
 
     fn recorded_tail(&self) -> Result<Tail> {
-        Ok(match self.meta.get("tail")? {
-            Some(v) if v.len() == 48 => Tail {
-                next_seq: u64::from_be_bytes(v[..8].try_into().unwrap()),
+        let tail = self.meta.get(b"tail", |v| {
+            (v.len() == 48).then(|| Tail {
+                next_seq: be_u64(&v[..8]),
                 last_id: Hash(v[8..40].try_into().unwrap()),
-                end: u64::from_be_bytes(v[40..48].try_into().unwrap()),
-            },
-            _ => Tail::EMPTY,
-        })
+                end: be_u64(&v[40..48]),
+            })
+        })?;
+        Ok(tail.flatten().unwrap_or(Tail::EMPTY))
     }
 
-    fn set_tail(&self, tail: Tail) -> Result<()> {
+    fn set_tail(&mut self, tail: Tail) -> Result<()> {
         let mut v = Vec::with_capacity(48);
         v.extend_from_slice(&tail.next_seq.to_be_bytes());
         v.extend_from_slice(tail.last_id.as_bytes());
         v.extend_from_slice(&tail.end.to_be_bytes());
-        self.meta.insert("tail", v)?;
-        Ok(())
+        self.meta.insert(b"tail", &v)
     }
 
     /// Applies events (consecutive, in log order) and records the new tail.
@@ -184,7 +205,7 @@ impl Index {
     }
 
     fn apply_one(
-        &self,
+        &mut self,
         s: &Stored,
         any_collected: &mut bool,
         located: &mut Vec<Location>,
@@ -193,22 +214,14 @@ impl Index {
             match change {
                 Change::Located(location) => located.push(location),
                 Change::Introduced { hash, seq } => self.introduce(hash, &seq, *any_collected)?,
-                Change::RunEvent { run, seq } => {
-                    self.runs.insert(cat(run, &seq), &[])?;
-                }
-                Change::Consumed { hash, seq } => {
-                    self.consumers.insert(cat(hash, &seq), &[])?;
-                }
-                Change::Action { key, seq } => {
-                    self.actions.insert(key.as_bytes(), &seq)?;
-                }
+                Change::RunEvent { run, seq } => self.runs.insert(&cat(run, &seq), &[])?,
+                Change::Consumed { hash, seq } => self.consumers.insert(&cat(hash, &seq), &[])?,
+                Change::Action { key, seq } => self.actions.insert(key.as_bytes(), &seq)?,
                 Change::Observed { request, seq } => {
-                    self.observations
-                        .compare_and_swap(request.as_bytes(), None as Option<&[u8]>, Some(&seq))?
-                        .ok();
+                    self.observations.insert_new(request.as_bytes(), &seq)?
                 }
                 Change::Tagged { name, target } => {
-                    self.tags.insert(name.as_bytes(), target.as_bytes())?;
+                    self.tags.insert(name.as_bytes(), target.as_bytes())?
                 }
                 Change::Collected { hash, seq } => {
                     self.collected.insert(hash.as_bytes(), &seq)?;
@@ -221,24 +234,24 @@ impl Index {
 
     /// Records the first event that brought an artifact's bytes; bytes brought again after a
     /// `gc` are no longer collected.
-    fn introduce(&self, hash: &Hash, seq: &[u8; 8], any_collected: bool) -> Result<()> {
-        self.artifacts
-            .compare_and_swap(hash.as_bytes(), None as Option<&[u8]>, Some(seq))?
-            .ok();
-        if !any_collected {
-            return Ok(());
-        }
-        if let Some(at) = self.collected.get(hash.as_bytes())? {
-            if at.as_ref() < &seq[..] {
-                self.collected.remove(hash.as_bytes())?;
-            }
+    fn introduce(&mut self, hash: &Hash, seq: &[u8; 8], any_collected: bool) -> Result<()> {
+        self.artifacts.insert_new(hash.as_bytes(), seq)?;
+        if any_collected
+            && self
+                .collected
+                .get(hash.as_bytes(), |at| at < &seq[..])?
+                .unwrap_or(false)
+        {
+            self.collected.remove(hash.as_bytes())?;
         }
         Ok(())
     }
 
     pub fn flush(&self) -> Result<()> {
         self.locations.sync()?;
-        self.db.flush()?;
+        if let Some(db) = &self.db {
+            db.flush()?;
+        }
         Ok(())
     }
 
@@ -257,42 +270,36 @@ impl Index {
 
     /// The event that first brought an artifact's bytes.
     pub fn introducer(&self, hash: &Hash) -> Result<Option<u64>> {
-        Ok(self.artifacts.get(hash.as_bytes())?.map(|v| be_u64(&v)))
+        self.artifacts.get(hash.as_bytes(), be_u64)
     }
 
     pub fn action(&self, key: &Hash) -> Result<Option<u64>> {
-        Ok(self.actions.get(key.as_bytes())?.map(|v| be_u64(&v)))
+        self.actions.get(key.as_bytes(), be_u64)
     }
 
     pub fn observation(&self, request: &Hash) -> Result<Option<u64>> {
-        Ok(self
-            .observations
-            .get(request.as_bytes())?
-            .map(|v| be_u64(&v)))
+        self.observations.get(request.as_bytes(), be_u64)
     }
 
     pub fn tag(&self, name: &str) -> Result<Option<Hash>> {
-        Ok(self
-            .tags
-            .get(name.as_bytes())?
-            .map(|v| Hash(v.as_ref().try_into().unwrap())))
+        self.tags
+            .get(name.as_bytes(), |v| Hash(v.try_into().unwrap()))
     }
 
     pub fn tags(&self) -> Result<Vec<(String, Hash)>> {
-        self.tags
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                Ok((
-                    String::from_utf8_lossy(&k).into_owned(),
-                    Hash(v.as_ref().try_into().unwrap()),
-                ))
-            })
-            .collect()
+        let mut out = Vec::new();
+        self.tags.for_each(|k, v| {
+            out.push((
+                String::from_utf8_lossy(k).into_owned(),
+                Hash(v.try_into().unwrap()),
+            ))
+        })?;
+        out.sort_unstable();
+        Ok(out)
     }
 
     pub fn is_collected(&self, hash: &Hash) -> Result<bool> {
-        Ok(self.collected.contains_key(hash.as_bytes())?)
+        self.collected.contains(hash.as_bytes())
     }
 
     /// Sequence numbers of a run's events, in order.
@@ -313,36 +320,38 @@ impl Index {
             .step_by(2)
             .map(|i| u8::from_str_radix(&even[i..i + 2], 16).unwrap_or(0))
             .collect();
-        for kv in self.artifacts.scan_prefix(&bytes) {
-            let (k, _) = kv?;
-            let h = Hash(k.as_ref().try_into().unwrap());
+        self.artifacts.keys_with_prefix(&bytes, |k| {
+            let h = Hash(k.try_into().unwrap());
             if h.to_hex().starts_with(prefix) {
                 out.push(h);
             }
-        }
-        for kv in self.runs.scan_prefix(&bytes) {
-            let (k, _) = kv?;
+            true
+        })?;
+        self.runs.keys_with_prefix(&bytes, |k| {
             let h = Hash(k[..32].try_into().unwrap());
             if h.to_hex().starts_with(prefix) && !out.contains(&h) {
                 out.push(h);
             }
-        }
+            true
+        })?;
         Ok(out)
     }
 
     pub fn is_run(&self, hash: &Hash) -> Result<bool> {
-        Ok(self.runs.scan_prefix(hash.as_bytes()).next().is_some())
+        let mut found = false;
+        self.runs.keys_with_prefix(hash.as_bytes(), |_| {
+            found = true;
+            false
+        })?;
+        Ok(found)
     }
 
     /// Each tree's entry count and digest, in `TREES` order (see `Expected`); the trees are
     /// read on threads of their own.
     pub fn digests(&self, keys: &DigestKeys) -> Result<[TreeDigest; TREE_COUNT]> {
-        let digest = |tree: &sled::Tree| -> Result<TreeDigest> {
+        let digest = |tree: &Tree| -> Result<TreeDigest> {
             let mut d = TreeDigest::default();
-            for kv in tree.iter() {
-                let (k, v) = kv?;
-                d.add(keys, &k, &v);
-            }
+            tree.for_each(|k, v| d.add(keys, k, v))?;
             Ok(d)
         };
         let mut out = [TreeDigest::default(); TREE_COUNT];
@@ -546,7 +555,7 @@ impl Expected {
                 }
                 Change::RunEvent { run, seq } => self.runs.add(&self.keys, &cat(run, &seq), &[]),
                 Change::Consumed { hash, seq } => {
-                    let key: [u8; 40] = cat(hash, &seq).try_into().expect("40 bytes");
+                    let key = cat(hash, &seq);
                     if !self.consumed.contains(&key) {
                         self.consumed.push(key);
                         self.consumers.add(&self.keys, &key, &[]);
@@ -594,10 +603,10 @@ impl Expected {
     }
 }
 
-fn cat(hash: &Hash, seq: &[u8; 8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(40);
-    k.extend_from_slice(hash.as_bytes());
-    k.extend_from_slice(seq);
+fn cat(hash: &Hash, seq: &[u8; 8]) -> [u8; 40] {
+    let mut k = [0; 40];
+    k[..32].copy_from_slice(hash.as_bytes());
+    k[32..].copy_from_slice(seq);
     k
 }
 
@@ -605,8 +614,11 @@ fn be_u64(v: &[u8]) -> u64 {
     u64::from_be_bytes(v[..8].try_into().unwrap())
 }
 
-fn suffix_seqs(tree: &sled::Tree, hash: &Hash) -> Result<Vec<u64>> {
-    tree.scan_prefix(hash.as_bytes())
-        .map(|kv| Ok(be_u64(&kv?.0[32..])))
-        .collect()
+fn suffix_seqs(tree: &Tree, hash: &Hash) -> Result<Vec<u64>> {
+    let mut seqs = Vec::new();
+    tree.keys_with_prefix(hash.as_bytes(), |k| {
+        seqs.push(be_u64(&k[32..]));
+        true
+    })?;
+    Ok(seqs)
 }

@@ -62,12 +62,12 @@ impl Ledger {
             OpenIndex::Ready(index) => index,
             OpenIndex::Busy => {
                 tracing::debug!("index busy; reading through a private index");
-                Index::temporary()?
+                Index::temporary()
             }
             OpenIndex::Broken(why) => {
                 tracing::warn!("{why}; reading through a private index (a writer rebuilds it)");
                 problem = Some(why);
-                Index::temporary()?
+                Index::temporary()
             }
         };
         let mut ledger = Ledger::assemble(dir, log_path, index)?;
@@ -149,7 +149,7 @@ impl Ledger {
             }
             tracing::warn!("{problem}; reading through a private index rebuilt from the log");
             self.index_problem = Some(problem.to_string());
-            self.index = Index::temporary()?;
+            self.index = Index::temporary();
             tail = Tail::EMPTY;
         }
         let mut scanner = Scanner::open(&self.log_path, tail)?;

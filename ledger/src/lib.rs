@@ -18,6 +18,7 @@ pub mod log;
 pub mod runner;
 pub mod stage;
 pub mod store;
+mod tree;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -367,3 +367,65 @@ fn an_index_with_the_old_events_tree_is_migrated() {
     drop(db);
     assert!(verify_dir(&dir).clean());
 }
+
+/// Every question the index answers, about every address the log names.
+fn index_answers(l: &Ledger) -> Vec<String> {
+    let index = l.index();
+    let mut hashes = Vec::new();
+    for frame in l.scan().unwrap() {
+        let ledger::log::Frame::Good(s) = frame.unwrap() else {
+            panic!("a clean log")
+        };
+        hashes.extend(s.event.artifacts());
+        match &s.event.kind {
+            EventKind::RunStarted(r) => hashes.push(r.run_id),
+            EventKind::StageRun(r) => hashes.extend([r.run_id, r.action_key]),
+            EventKind::Observation(o) => hashes.push(o.request),
+            _ => {}
+        }
+    }
+    let mut answers = vec![
+        format!("{:?}", index.tail().unwrap()),
+        format!("{}", index.event_count()),
+        format!("{:?}", index.tags().unwrap()),
+        format!("{:?}", index.tag("best").unwrap()),
+        format!("{:?}", index.tag("none").unwrap()),
+        format!("{:?}", index.match_prefix("").unwrap().len()),
+    ];
+    for h in hashes {
+        answers.push(format!(
+            "{h:?}: {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+            index.introducer(&h).unwrap(),
+            index.is_collected(&h).unwrap(),
+            index.consumers(&h).unwrap(),
+            index.run_events(&h).unwrap(),
+            index.is_run(&h).unwrap(),
+            index.observation(&h).unwrap(),
+            index.action(&h).unwrap(),
+            index.match_prefix(&h.to_hex()[..9]).unwrap(),
+            index.match_prefix(&h.to_hex()[..3]).unwrap(),
+        ));
+    }
+    answers
+}
+
+/// While a writer holds sled, readers answer from a private in-memory index built from the
+/// log: it must answer exactly as the persistent one does.
+#[test]
+fn a_private_index_answers_like_the_persistent_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("l");
+    every_kind_of_event(&dir);
+    let persistent = index_answers(&Ledger::open(&dir).unwrap());
+    let held = sled::open(dir.join("index")).unwrap();
+    assert!(matches!(
+        ledger::index::Index::open(&dir.join("index")).unwrap(),
+        ledger::index::OpenIndex::Busy
+    ));
+    let private = Ledger::open(&dir).unwrap();
+    assert!(private.index_problem().is_none());
+    assert_eq!(index_answers(&private), persistent);
+    let report = verify(&private, &ProgressBar::hidden()).unwrap();
+    assert!(report.clean(), "{:?}", report.problems);
+    drop(held);
+}
