@@ -674,6 +674,22 @@ fn bench_lineage(cfg: &Config, ledger_dir: &Path, meta: &Meta, summary: &mut Sum
         assert_eq!(v["root"].as_str(), Some(corpus.as_str()));
         cli.push(run.secs);
     }
+    // While a writer holds the index (all through a `ledger run`), a reader indexes the log
+    // privately, in memory.
+    let writer = Ledger::open_writer(ledger_dir, ledger::Wait::Block).expect("open a writer");
+    let mut busy = Vec::new();
+    for _ in 0..cfg.rounds {
+        let run = run_child(
+            Command::new(LEDGER_BIN)
+                .arg("--ledger")
+                .arg(ledger_dir)
+                .args(["show", "--json", corpus]),
+        );
+        let v: Value = serde_json::from_str(&run.stdout).expect("show --json");
+        assert_eq!(v["artifact"]["hash"].as_str(), Some(corpus.as_str()));
+        busy.push(run.secs);
+    }
+    drop(writer);
     let max = |xs: &[f64]| xs.iter().copied().fold(0.0, f64::max);
     println!(
         "   Ledger::open (reader)                      {:>8.3} s",
@@ -695,6 +711,10 @@ fn bench_lineage(cfg: &Config, ledger_dir: &Path, meta: &Meta, summary: &mut Sum
         "   `ledger lineage --format json` of a corpus (child, open included): {:.3} s",
         median(&cli)
     );
+    println!(
+        "   `ledger show --json` of a corpus while a writer holds the index: {:.3} s",
+        median(&busy)
+    );
     summary.add(
         "lineage walk per artifact (warm, max)",
         format!("{:.4} s", max(&again)),
@@ -712,6 +732,12 @@ fn bench_lineage(cfg: &Config, ledger_dir: &Path, meta: &Meta, summary: &mut Sum
         format!("{:.3} s", median(&cli)),
         &format!("< {LINEAGE_CLI_TARGET_S} s"),
         Some(median(&cli) < LINEAGE_CLI_TARGET_S),
+    );
+    summary.add(
+        "`ledger show` while a writer holds the index",
+        format!("{:.3} s", median(&busy)),
+        "",
+        None,
     );
 }
 
