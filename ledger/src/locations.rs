@@ -128,7 +128,7 @@ impl Locations {
         }
     }
 
-    /// Writes the locations of events `first..first + n`, replacing any already there.
+    /// Writes the locations of events `first..first + n`, replacing those from `first` on.
     /// `first` may not lie beyond the table's end.
     pub fn write(&mut self, first: u64, locations: &[Location]) -> Result<()> {
         if locations.is_empty() {
@@ -152,7 +152,12 @@ impl Locations {
                 }
                 file.write_all_at(&buf, position(first))
                     .map_err(|e| Error::io(path, e))?;
-                *records = (*records).max(first + locations.len() as u64);
+                let end = first + locations.len() as u64;
+                if *records > end {
+                    file.set_len(position(end))
+                        .map_err(|e| Error::io(path, e))?;
+                }
+                *records = end;
             }
             Locations::Memory(v) => {
                 v.truncate(first as usize);
@@ -284,9 +289,15 @@ mod tests {
         let mut t = Locations::open(&path).unwrap();
         t.write(0, &[at(0), at(1), at(2)]).unwrap();
         t.write(3, &[at(3)]).unwrap();
-        // Rewriting an event already there (indexing re-applies after a crash) replaces it.
+        // Rewriting events already there (indexing re-applies after a crash) replaces them
+        // and whatever followed.
         t.write(2, &[at(2), at(3), at(4)]).unwrap();
         assert_eq!(t.records(), 5);
+        t.write(4, &[at(4)]).unwrap();
+        t.write(5, &[at(5), at(6)]).unwrap();
+        t.write(3, &[at(3)]).unwrap();
+        assert_eq!(t.records(), 4);
+        t.write(4, &[at(4)]).unwrap();
         assert!(t.write(7, &[at(7)]).is_err(), "no gaps");
         drop(t);
         // An interrupted write left half a record.
