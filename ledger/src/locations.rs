@@ -3,8 +3,8 @@
 //! Part of the derived index, but kept beside sled rather than in it: event numbers are dense,
 //! so a flat file answers "where is event #n" with one positioned read, appends are one write
 //! per batch, and checking the whole table against the log is one sequential read. As a sled
-//! tree the same million entries cost about 0.8 s to read back and doubled the write work of
-//! every append.
+//! tree the same million entries took 0.8 s to read back, and batched appends ran at 50k
+//! events/s instead of 89k.
 //!
 //! File: the 8-byte header `DVLOC001`, then 48 bytes per event: frame offset (u64 LE), offset
 //! just past the frame (u64 LE), event id (32 bytes). The table is written before sled's tail
