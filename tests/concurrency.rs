@@ -176,6 +176,7 @@ fn a_second_writer_fails_fast_or_waits_and_readers_never_block() {
     l.ok(["lineage", "--format", "json", &first]);
     let v = l.ok(["verify"]);
     assert!(v.stdout.contains(": clean"), "{v:?}");
+    assert!(v.stderr.contains("in use by a writer"), "{v:?}");
 
     // 3. A writer without --no-wait waits, says for whom, and goes on when the lock is free.
     let waiter_bytes = b"patient writer\n";

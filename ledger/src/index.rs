@@ -117,6 +117,11 @@ impl Index {
         }
     }
 
+    /// True for a reader's private, in-memory index.
+    pub fn is_private(&self) -> bool {
+        self.db.is_none()
+    }
+
     pub fn clear(&mut self) -> Result<()> {
         for t in self.trees_mut() {
             t.clear()?;

@@ -425,7 +425,16 @@ fn a_private_index_answers_like_the_persistent_one() {
     let private = Ledger::open(&dir).unwrap();
     assert!(private.index_problem().is_none());
     assert_eq!(index_answers(&private), persistent);
+    // verify checks the log and blobs, and says the index was not checked.
     let report = verify(&private, &ProgressBar::hidden()).unwrap();
     assert!(report.clean(), "{:?}", report.problems);
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("in use by a writer")),
+        "{:?}",
+        report.warnings
+    );
     drop(held);
 }
