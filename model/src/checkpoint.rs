@@ -133,6 +133,10 @@ pub struct Cursor {
     pub model: Option<String>,
     #[serde(default)]
     pub optimizer: Option<String>,
+    /// Hash of the training curve up to this checkpoint (hex), so a resumed run's curve holds
+    /// every step, as an uninterrupted run's does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve: Option<String>,
     /// Fingerprint of the training configuration and data; resuming checks it.
     pub fingerprint: String,
 }

@@ -264,6 +264,7 @@ fn save_dir_round_trips() {
         phase: "all".into(),
         model: None,
         optimizer: None,
+        curve: None,
         fingerprint: "x".into(),
     };
     let json = serde_json::to_string(&cursor).unwrap();

@@ -211,9 +211,53 @@ fn midtrain_is_deterministic_resumable_and_learns() {
     let resumed = midtrain_stage(&f1, "second", &format!(", resume = \"@{state}\""));
     let r2 = run_config(&mut l1, f1.dir.path(), "second", &resumed).unwrap();
     assert_eq!(metric(&r2, 0, "steps") as usize, total - half);
-    assert_eq!(output(&r2, 0, "model"), output(&a, 0, "model"));
-    assert_eq!(output(&r2, 0, "optimizer"), output(&a, 0, "optimizer"));
-    assert_eq!(output(&r2, 0, "state"), output(&a, 0, "state"));
+    // Every output, the curve (which names every step) and its plot included; the plot's
+    // title is the node id.
+    for out in ["model", "optimizer", "state", "curve", "config"] {
+        assert_eq!(output(&r2, 0, out), output(&a, 0, out), "resumed {out}");
+    }
+    let plot = |l: &Ledger, r: &RunReport, node: &str| {
+        let h = ledger::Hash::from_hex(&output(r, 0, "plot")).unwrap();
+        let svg = String::from_utf8(l.store().read(&h).unwrap()).unwrap();
+        assert!(svg.contains(&format!(">{node} — ")), "{svg}");
+        svg.replace(&format!(">{node} — "), ">NODE — ")
+    };
+    assert_eq!(
+        plot(&l1, &r2, "second"),
+        plot(&l1, &a, "mid"),
+        "resumed plot"
+    );
+
+    // The same from an intermediate checkpoint (`checkpoint_every`) of a run that went on.
+    let every = 2;
+    let third = midtrain_stage(&f1, "third", "").replace(
+        "stages = ",
+        &format!("checkpoint_every = {every}\nstages = "),
+    );
+    let r3 = run_config(&mut l1, f1.dir.path(), "third", &third).unwrap();
+    assert_eq!(output(&r3, 0, "model"), output(&a, 0, "model"));
+    let ckpt = output(&r3, 0, &format!("ckpt.step{every:06}.state"));
+    let state: serde_json::Value = serde_json::from_slice(
+        &l1.store()
+            .read(&ledger::Hash::from_hex(&ckpt).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        state["curve"].as_str(),
+        Some(output(&r3, 0, &format!("ckpt.step{every:06}.curve")).as_str())
+    );
+    let fourth = midtrain_stage(&f1, "fourth", &format!(", resume = \"@{ckpt}\""));
+    let r4 = run_config(&mut l1, f1.dir.path(), "fourth", &fourth).unwrap();
+    assert_eq!(metric(&r4, 0, "steps") as usize, total - every);
+    for out in ["model", "optimizer", "state", "curve"] {
+        assert_eq!(
+            output(&r4, 0, out),
+            output(&a, 0, out),
+            "resumed from step {every}: {out}"
+        );
+    }
+    assert_eq!(plot(&l1, &r4, "fourth"), plot(&l1, &a, "mid"));
 }
 
 #[test]

@@ -112,7 +112,8 @@ impl Stage for Midtrain {
     fn version(&self) -> u32 {
         // 2: fused CPU kernels and an explicit backward pass (float results differ from 1);
         // the tokenizer always gets the ChatML specials.
-        2
+        // 3: states name their curve, so a resumed run's curve and plot hold every step.
+        3
     }
 
     fn description(&self) -> &'static str {

@@ -13,12 +13,13 @@
 //! | `curve` | JSONL: one line per step (`step, phase, lr, loss, grad_norm, tokens`) and held-out evaluations (`step, heldout_loss`) |
 //! | `plot` | SVG of training loss, held-out loss and LR against step |
 //! | `tokenizer` | the tokenizer used (with `<\|im_start\|>`/`<\|im_end\|>` added when missing), when one was given |
-//! | `ckpt.stepNNNNNN.{model,optimizer,state}` | intermediate checkpoints every `checkpoint_every` steps |
+//! | `ckpt.stepNNNNNN.{model,optimizer,state,curve}` | intermediate checkpoints every `checkpoint_every` steps |
 //!
 //! Inputs common to both: `tokenizer` (tokenizer.json), `init` (a `model` artifact to start
 //! from; its architecture comes from `init_config` when given, else from the `model` table),
 //! `init_config` and `resume` (a `state` artifact: training continues from that checkpoint
-//! and ends with the same bytes as an uninterrupted run). Outputs hold no timestamps or
+//! and ends with the same bytes as an uninterrupted run, curve and plot included; a state
+//! written before states named their curve gives a curve of the resumed steps only). Outputs hold no timestamps or
 //! throughput; those go to metrics only.
 
 pub mod midtrain;
@@ -415,6 +416,15 @@ fn fingerprint(ctx: &StageContext, p: &Params) -> Result<String> {
     Ok(Hash::of(&bytes).to_hex())
 }
 
+/// An intermediate checkpoint's bytes, written as outputs after the run.
+struct Checkpoint {
+    step: usize,
+    model: Vec<u8>,
+    optimizer: Vec<u8>,
+    /// The curve up to this step.
+    curve: Vec<u8>,
+}
+
 #[derive(Serialize)]
 struct EvalLine {
     step: usize,
@@ -465,7 +475,7 @@ pub fn run(
     let fp = fingerprint(ctx, p)?;
 
     // Every input is checked before the first step.
-    let (model, mut opt, start) = match optional_input(ctx, "resume") {
+    let (model, mut opt, start, prior_curve) = match optional_input(ctx, "resume") {
         Some(h) => {
             let cursor: Cursor = serde_json::from_slice(&ctx.read_blob(&h)?)
                 .context("input `resume` is not a training `state`")?;
@@ -492,7 +502,11 @@ pub fn run(
                     cursor.step
                 );
             }
-            (model, opt, cursor.step)
+            let curve = match cursor.curve {
+                Some(_) => Some(blob(&cursor.curve, "curve")?),
+                None => None,
+            };
+            (model, opt, cursor.step, curve)
         }
         None => {
             let model = match optional_input(ctx, "init") {
@@ -501,7 +515,7 @@ pub fn run(
                 None => Qwen2::init(&config, seed, &device)?,
             };
             let opt = AdamW::new(p.optim(), &model)?;
-            (model, opt, 0)
+            (model, opt, 0, None)
         }
     };
     for e in data.examples.iter().chain(&data.heldout) {
@@ -526,28 +540,39 @@ pub fn run(
     ctx.metric("examples.heldout", data.heldout.len() as f64);
     ctx.metric("steps.total", total as f64);
 
+    // A resumed run's curve goes on from its checkpoint's. That one ends with the held-out
+    // evaluation at the checkpoint when it is a run's final curve; an uninterrupted run has
+    // none there, so it is left out (and the evaluation below is not repeated in the curve).
     let mut curve = Vec::<u8>::new();
-    let mut points: Vec<(usize, f64, f64)> = Vec::new();
-    let mut evals: Vec<(usize, f64)> = Vec::new();
+    if let Some(prior) = &prior_curve {
+        for (line, l) in plot::curve_lines(prior).context("input `resume`: the curve")? {
+            if l.step > start || (l.heldout_loss.is_some() && l.step == start) {
+                continue;
+            }
+            curve.extend_from_slice(line);
+            curve.push(b'\n');
+        }
+    }
     let eval_batch = p.micro_batch.unwrap_or(4);
     if !data.heldout.is_empty() {
         let before = evaluate(&model, &data.heldout, eval_batch)?;
         ctx.metric("heldout_loss.before", before);
-        evals.push((start, before));
-        serde_json::to_writer(
-            &mut curve,
-            &EvalLine {
-                step: start,
-                heldout_loss: before,
-            },
-        )?;
-        curve.push(b'\n');
+        if prior_curve.is_none() {
+            serde_json::to_writer(
+                &mut curve,
+                &EvalLine {
+                    step: start,
+                    heldout_loss: before,
+                },
+            )?;
+            curve.push(b'\n');
+        }
     }
     ctx.progress().set_length((stop - start.min(stop)) as u64);
     let every = p.checkpoint_every.unwrap_or(0);
     let (mut tokens, mut processed, mut seconds) = (0u64, 0u64, 0f64);
     let (mut first, mut last) = (None, None);
-    let mut ckpts: Vec<(usize, Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut ckpts: Vec<Checkpoint> = Vec::new();
     for s in start..stop {
         let mut rep = None;
         train(&model, &mut opt, &data.examples, &plan, s, s + 1, |r| {
@@ -557,21 +582,24 @@ pub fn run(
         let r = rep.context("the training loop skipped a step")?;
         serde_json::to_writer(&mut curve, &r)?;
         curve.push(b'\n');
-        points.push((r.step, r.loss, r.lr));
         tokens += r.tokens;
         processed += r.processed_tokens;
         seconds += r.seconds;
         first.get_or_insert(r.loss);
         last = Some((r.loss, r.grad_norm));
         if every > 0 && r.step % every == 0 && r.step < stop {
-            ckpts.push((r.step, model.to_safetensors()?, opt.to_safetensors()?));
+            ckpts.push(Checkpoint {
+                step: r.step,
+                model: model.to_safetensors()?,
+                optimizer: opt.to_safetensors()?,
+                curve: curve.clone(),
+            });
         }
         ctx.progress().inc(1);
     }
     if !data.heldout.is_empty() {
         let after = evaluate(&model, &data.heldout, eval_batch)?;
         ctx.metric("heldout_loss.after", after);
-        evals.push((stop, after));
         serde_json::to_writer(
             &mut curve,
             &EvalLine {
@@ -595,7 +623,7 @@ pub fn run(
     }
     ctx.metric("lr.peak", p.peak_lr.unwrap_or_default());
 
-    let cursor_for = |step: usize, model_hash: Hash, opt_hash: Hash| -> Cursor {
+    let cursor_for = |step: usize, model_hash: Hash, opt_hash: Hash, curve_hash: Hash| -> Cursor {
         let position = plan.position(step);
         let (phase, epoch) = match plan.step(step.min(total.saturating_sub(1))) {
             Some((ph, _)) => {
@@ -616,22 +644,21 @@ pub fn run(
             phase,
             model: Some(model_hash.to_hex()),
             optimizer: Some(opt_hash.to_hex()),
+            curve: Some(curve_hash.to_hex()),
             fingerprint: fp.clone(),
         }
     };
-    for (step, m, o) in ckpts {
-        let mh = ctx.write_output(
-            &format!("ckpt.step{step:06}.model"),
-            "application/x-safetensors",
-            &m,
-        )?;
+    for ckpt in ckpts {
+        let name = |what: &str| format!("ckpt.step{:06}.{what}", ckpt.step);
+        let mh = ctx.write_output(&name("model"), "application/x-safetensors", &ckpt.model)?;
         let oh = ctx.write_output(
-            &format!("ckpt.step{step:06}.optimizer"),
+            &name("optimizer"),
             "application/x-safetensors",
-            &o,
+            &ckpt.optimizer,
         )?;
-        let c = serde_json::to_vec_pretty(&cursor_for(step, mh, oh))?;
-        ctx.write_output(&format!("ckpt.step{step:06}.state"), "application/json", &c)?;
+        let ch = ctx.write_output(&name("curve"), "application/x-ndjson", &ckpt.curve)?;
+        let state = serde_json::to_vec_pretty(&cursor_for(ckpt.step, mh, oh, ch))?;
+        ctx.write_output(&name("state"), "application/json", &state)?;
     }
     let mh = ctx.write_output(
         "model",
@@ -644,10 +671,10 @@ pub fn run(
         &opt.to_safetensors()?,
     )?;
     ctx.write_output("config", "application/json", &config_json(&config)?)?;
-    let state = serde_json::to_vec_pretty(&cursor_for(stop, mh, oh))?;
+    let ch = ctx.write_output("curve", "application/x-ndjson", &curve)?;
+    let state = serde_json::to_vec_pretty(&cursor_for(stop, mh, oh, ch))?;
     ctx.write_output("state", "application/json", &state)?;
-    ctx.write_output("curve", "application/x-ndjson", &curve)?;
-    let svg = plot::svg(ctx.node(), &points, &evals);
+    let svg = plot::svg_of_curve(ctx.node(), &curve)?;
     let mut w = ctx.output_writer()?;
     w.write_all(svg.as_bytes())?;
     ctx.finish_output("plot", "image/svg+xml", w)?;

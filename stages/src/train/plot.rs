@@ -1,6 +1,45 @@
 //! A dependency-free SVG plot of a training curve: loss (left axis), held-out loss (points),
 //! LR (right axis, dashed).
 
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+/// One line of a `curve` artifact: a training step or a held-out evaluation.
+#[derive(Deserialize)]
+pub struct CurveLine {
+    pub step: usize,
+    pub loss: Option<f64>,
+    pub lr: Option<f64>,
+    pub heldout_loss: Option<f64>,
+}
+
+/// The lines of a `curve` artifact (JSONL).
+pub fn curve_lines(curve: &[u8]) -> Result<Vec<(&[u8], CurveLine)>> {
+    curve
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+        .map(|(i, line)| {
+            let parsed = serde_json::from_slice(line)
+                .with_context(|| format!("line {} of the training curve", i + 1))?;
+            Ok((line, parsed))
+        })
+        .collect()
+}
+
+/// The plot of a `curve` artifact: drawn from its bytes, so equal curves give equal plots.
+pub fn svg_of_curve(title: &str, curve: &[u8]) -> Result<String> {
+    let (mut points, mut evals) = (Vec::new(), Vec::new());
+    for (_, l) in curve_lines(curve)? {
+        match (l.heldout_loss, l.loss, l.lr) {
+            (Some(h), _, _) => evals.push((l.step, h)),
+            (None, Some(loss), Some(lr)) => points.push((l.step, loss, lr)),
+            _ => {}
+        }
+    }
+    Ok(svg(title, &points, &evals))
+}
+
 pub fn svg(title: &str, points: &[(usize, f64, f64)], evals: &[(usize, f64)]) -> String {
     let (w, h, m) = (720.0f64, 360.0f64, 56.0f64);
     let steps: Vec<usize> = points

@@ -42,7 +42,8 @@ impl Stage for Sft {
 
     fn version(&self) -> u32 {
         // 2: fused CPU kernels and an explicit backward pass (float results differ from 1).
-        2
+        // 3: states name their curve, so a resumed run's curve and plot hold every step.
+        3
     }
 
     fn description(&self) -> &'static str {
