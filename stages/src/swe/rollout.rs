@@ -196,7 +196,9 @@ impl Stage for Rollout {
     }
     fn version(&self) -> u32 {
         // 2: checkpoint generation runs on the fused model kernels.
-        2
+        // 3: tokens are counted a message at a time (equal to the whole rendering's count
+        //    when the ChatML markers are special tokens, which `load_tokenizer` ensures).
+        3
     }
     fn description(&self) -> &'static str {
         "task instances → agent trajectories in Docker, graded as SWE-bench (D_pass / D_fail, score)"
@@ -658,6 +660,7 @@ fn one_rollout(
     let short = Duration::from_secs(120);
 
     let mut messages = Vec::new();
+    let mut counted = TokenCount::new(tokenizer);
     let mut steps = 0;
     let stop_reason;
     let patch;
@@ -774,7 +777,7 @@ fn one_rollout(
                         });
                     }
                 }
-                if count_tokens(tokenizer, &messages)? > p.max_tokens {
+                if counted.update(&messages)? > p.max_tokens {
                     reason = "token_cap".into();
                     break;
                 }
@@ -832,7 +835,7 @@ fn one_rollout(
         c.remove()?;
     }
     let passed = |v: &[env::grading::TestOutcome]| (v.iter().filter(|t| t.passed).count(), v.len());
-    let tokens = count_tokens(tokenizer, &messages)?;
+    let tokens = counted.update(&messages)?;
     let record = RolloutRecord {
         id: format!("{}#{run}", inst.instance_id),
         instance_id: inst.instance_id.clone(),
@@ -859,21 +862,124 @@ fn one_rollout(
     Ok((record, score))
 }
 
-/// Tokens of the ChatML rendering with the tokenizer, else bytes / 4.
-fn count_tokens(
-    tok: Option<&tokenizers::Tokenizer>,
-    messages: &[ChatMessage],
-) -> anyhow::Result<usize> {
-    if messages.is_empty() {
-        return Ok(0);
+/// Tokens of a conversation's ChatML rendering with the tokenizer, else its bytes / 4,
+/// counted a message at a time as the conversation grows: recounting the whole rendering
+/// after every step was quadratic in its length. Every message renders as
+/// `<|im_start|>…<|im_end|>\n`, and with those two as special tokens (as `load_tokenizer`
+/// makes them) the tokenizer splits on them before anything else, so the sum over messages
+/// is the count of the whole rendering (`token_counts_add_up_per_message`).
+struct TokenCount<'a> {
+    tokenizer: Option<&'a tokenizers::Tokenizer>,
+    /// Messages counted so far, and their tokens (or bytes, without a tokenizer).
+    messages: usize,
+    total: usize,
+}
+
+impl<'a> TokenCount<'a> {
+    fn new(tokenizer: Option<&'a tokenizers::Tokenizer>) -> Self {
+        TokenCount {
+            tokenizer,
+            messages: 0,
+            total: 0,
+        }
     }
-    let msgs: Vec<model::chat::Message> = serde_json::from_value(serde_json::to_value(messages)?)?;
-    let text = model::chat::render_text(&msgs)?;
-    Ok(match tok {
-        Some(t) => t
-            .encode(text.as_str(), false)
-            .map_err(|e| anyhow!("counting tokens: {e}"))?
-            .len(),
-        None => text.len().div_ceil(4),
-    })
+
+    /// Counts the messages added since the last call; returns the conversation's tokens.
+    fn update(&mut self, messages: &[ChatMessage]) -> anyhow::Result<usize> {
+        for m in &messages[self.messages.min(messages.len())..] {
+            let msg: model::chat::Message = serde_json::from_value(serde_json::to_value(m)?)?;
+            let text = model::chat::render_text(std::slice::from_ref(&msg))?;
+            self.total += match self.tokenizer {
+                Some(t) => t
+                    .encode(text.as_str(), false)
+                    .map_err(|e| anyhow!("counting tokens: {e}"))?
+                    .len(),
+                None => text.len(),
+            };
+        }
+        self.messages = messages.len();
+        Ok(match self.tokenizer {
+            Some(_) => self.total,
+            None => self.total.div_ceil(4),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conversation() -> Vec<ChatMessage> {
+        let mut m = vec![
+            ChatMessage::text("system", SYSTEM_PROMPT),
+            ChatMessage::text("user", "Fix `pluralize('ox')`.\n  def f(x):\n\treturn x"),
+        ];
+        for i in 0..4 {
+            m.push(ChatMessage {
+                role: "assistant".into(),
+                content: Some(if i % 2 == 0 { "Let me look.".into() } else { String::new() }),
+                tool_calls: Some(vec![Call {
+                    id: format!("call_{i}"),
+                    kind: "function".into(),
+                    function: CallFunction {
+                        name: "bash".into(),
+                        arguments: serde_json::json!({"command": format!("grep -n 'ox' file{i}.py")}),
+                    },
+                }]),
+                tool_call_id: None,
+            });
+            m.push(ChatMessage {
+                role: "tool".into(),
+                content: Some(format!("{i}: return word + 'en'  # ünïcode\n\n")),
+                tool_calls: None,
+                tool_call_id: Some(format!("call_{i}")),
+            });
+        }
+        m
+    }
+
+    fn whole(tok: Option<&tokenizers::Tokenizer>, messages: &[ChatMessage]) -> usize {
+        let msgs: Vec<model::chat::Message> =
+            serde_json::from_value(serde_json::to_value(messages).unwrap()).unwrap();
+        let text = model::chat::render_text(&msgs).unwrap();
+        match tok {
+            Some(t) => t.encode(text.as_str(), false).unwrap().len(),
+            None => text.len().div_ceil(4),
+        }
+    }
+
+    /// Counting a message at a time gives the count of the whole rendering, at every length
+    /// of the conversation, with a trained byte-level BPE (plus the ChatML specials, as
+    /// `load_tokenizer` adds them) and without a tokenizer.
+    #[test]
+    fn token_counts_add_up_per_message() {
+        let texts: Vec<String> = conversation()
+            .iter()
+            .filter_map(|m| m.content.clone())
+            .chain((0..50).map(|i| format!("def f{i}(x):\n    return x + {i}\n")))
+            .collect();
+        let mut tok =
+            crate::tokenize::train_bpe(texts.into_iter(), 300, 2, "<|endoftext|>").unwrap();
+        tok.add_special_tokens(vec![
+            tokenizers::AddedToken::from(model::chat::IM_START, true),
+            tokenizers::AddedToken::from(model::chat::IM_END, true),
+        ])
+        .unwrap();
+        let all = conversation();
+        for t in [Some(&tok), None] {
+            let mut counted = TokenCount::new(t);
+            for n in 0..=all.len() {
+                assert_eq!(
+                    counted.update(&all[..n]).unwrap(),
+                    whole(t, &all[..n]),
+                    "{n} messages"
+                );
+            }
+            // Several messages at once, as a step with many tool calls adds them.
+            let mut counted = TokenCount::new(t);
+            counted.update(&all[..3]).unwrap();
+            assert_eq!(counted.update(&all).unwrap(), whole(t, &all));
+        }
+        assert!(whole(Some(&tok), &all) > 100);
+    }
 }
