@@ -4,28 +4,12 @@
 
 mod common;
 
-use common::Ledger;
+use common::{ingest_pack_config, Ledger};
 use serde_json::Value;
 
 /// `ingest` of `data` → `pack` with a size limit, and optionally a second `pack` node.
 fn arm_config(name: &str, max_file_bytes: u64, extra: bool) -> String {
-    let mut s = format!(
-        r#"[experiment]
-name = "{name}"
-seed = 7
-
-[[stage]]
-id = "src"
-uses = "ingest"
-paths = ["../data"]
-
-[[stage]]
-id = "corpus"
-uses = "pack"
-inputs = {{ files = "src.files" }}
-max_file_bytes = {max_file_bytes}
-"#
-    );
+    let mut s = ingest_pack_config(name, "../data", max_file_bytes);
     if extra {
         s.push_str(
             r#"

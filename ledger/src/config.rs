@@ -32,6 +32,44 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// The 1-based line of a byte offset in a TOML source.
+pub fn line_of(source: &str, offset: usize) -> usize {
+    source[..offset.min(source.len())].matches('\n').count() + 1
+}
+
+/// Parses a TOML file into `T`; a syntax or shape error names the file, the line and the key
+/// (`a.b[2].c`, without the private segment `toml::Spanned` adds to the path).
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    source: &str,
+) -> Result<T, ConfigError> {
+    let err = |line: Option<usize>, key: Option<String>, message: String| ConfigError {
+        file: path.to_path_buf(),
+        line,
+        key,
+        message,
+    };
+    let document = toml::Deserializer::parse(source).map_err(|e| {
+        err(
+            e.span().map(|s| line_of(source, s.start)),
+            None,
+            e.message().to_string(),
+        )
+    })?;
+    serde_path_to_error::deserialize(document).map_err(|e| {
+        let key = e
+            .path()
+            .to_string()
+            .replace(".$__serde_spanned_private_value", "");
+        let inner = e.into_inner();
+        err(
+            inner.span().map(|s| line_of(source, s.start)),
+            (key != "." && !key.is_empty()).then_some(key),
+            inner.message().to_string(),
+        )
+    })
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file.display())?;
@@ -165,30 +203,14 @@ impl Experiment {
         source: String,
         registry: &Registry,
     ) -> Result<Experiment, ConfigError> {
-        let line_of = |offset: usize| source[..offset.min(source.len())].matches('\n').count() + 1;
+        let line_of = |offset: usize| line_of(&source, offset);
         let err = |line: Option<usize>, key: Option<&str>, message: String| ConfigError {
             file: path.to_path_buf(),
             line,
             key: key.map(str::to_string),
             message,
         };
-        let document = toml::Deserializer::parse(&source).map_err(|e| {
-            err(
-                e.span().map(|s| line_of(s.start)),
-                None,
-                e.message().to_string(),
-            )
-        })?;
-        let raw: RawConfig = serde_path_to_error::deserialize(document).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let key = (path != "." && !path.is_empty()).then_some(path);
-            err(
-                inner.span().map(|s| line_of(s.start)),
-                key.as_deref(),
-                inner.message().to_string(),
-            )
-        })?;
+        let raw: RawConfig = parse_toml(path, &source)?;
         let experiment = raw.experiment.unwrap_or(RawExperiment {
             name: None,
             seed: None,

@@ -126,33 +126,14 @@ impl Ablation {
     pub fn load(path: &Path, registry: &Registry) -> Result<Ablation> {
         let source = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read the ablation file", path.display()))?;
-        let line_of = |offset: usize| source[..offset.min(source.len())].matches('\n').count() + 1;
+        let line_of = |offset: usize| ledger::config::line_of(&source, offset);
         let err = |line: Option<usize>, key: Option<String>, message: String| ConfigError {
             file: path.to_path_buf(),
             line,
             key,
             message,
         };
-        let document = toml::Deserializer::parse(&source).map_err(|e| {
-            err(
-                e.span().map(|s| line_of(s.start)),
-                None,
-                e.message().to_string(),
-            )
-        })?;
-        let raw: RawAblation = serde_path_to_error::deserialize(document).map_err(|e| {
-            // `Spanned` tables add a private segment to the path; people wrote none.
-            let key = e
-                .path()
-                .to_string()
-                .replace(".$__serde_spanned_private_value", "");
-            let inner = e.into_inner();
-            err(
-                inner.span().map(|s| line_of(s.start)),
-                (key != "." && !key.is_empty()).then_some(key),
-                inner.message().to_string(),
-            )
-        })?;
+        let raw: RawAblation = ledger::config::parse_toml(path, &source)?;
         let name = raw.ablation.and_then(|h| h.name).unwrap_or_else(|| {
             path.file_stem()
                 .map_or("ablation".into(), |s| s.to_string_lossy().into_owned())
