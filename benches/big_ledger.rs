@@ -22,6 +22,9 @@
 //! `BIG_KEEP=1` (keep the work dir), `BIG_REUSE=DIR` (measure a work dir kept by an earlier
 //! run instead of building one; its creation numbers are read back from `DIR/meta.json`).
 
+mod common;
+
+use common::{cpu_model, cpus, env_num, find_on_path, median, run_child, thousands, Summary};
 use ledger::config::Experiment;
 use ledger::event::{EventKind, Observation, RunStarted, RunStatus, Tag};
 use ledger::lineage::lineage;
@@ -30,9 +33,9 @@ use ledger::{Hash, Ledger, Wait};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::Instant;
 
@@ -60,16 +63,6 @@ struct Config {
     shards: usize,
     file_bytes: usize,
     rounds: usize,
-}
-
-fn env_num(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number")),
-        Err(_) => default,
-    }
 }
 
 /// What building the ledger measured, kept beside it for `BIG_REUSE`.
@@ -161,7 +154,7 @@ fn main() {
         }
     };
 
-    let mut summary = Summary::default();
+    let mut summary = Summary::new([46, 28, 22]);
     creation_summary(&meta, &mut summary);
     bench_verify(&cfg, &ledger_dir, b3sum.as_deref(), &mut summary);
     bench_lineage(&cfg, &ledger_dir, &meta, &mut summary);
@@ -781,92 +774,6 @@ fn bench_replay(cfg: &Config, ledger_dir: &Path, meta: &Meta, summary: &mut Summ
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-#[derive(Default)]
-struct Summary {
-    rows: Vec<[String; 4]>,
-}
-
-impl Summary {
-    fn add(&mut self, what: &str, value: String, target: &str, ok: Option<bool>) {
-        let verdict = match ok {
-            Some(true) => "ok",
-            Some(false) => "MISS",
-            None => "",
-        };
-        self.rows
-            .push([what.into(), value, target.into(), verdict.into()]);
-    }
-
-    fn print(&self) {
-        println!();
-        println!("SUMMARY");
-        println!("   {:<46} {:>28}   {:<22}", "measure", "value", "target");
-        for [what, value, target, verdict] in &self.rows {
-            println!("   {what:<46} {value:>28}   {target:<22} {verdict}");
-        }
-    }
-}
-
-struct ChildRun {
-    secs: f64,
-    cpu_secs: f64,
-    maxrss_kib: u64,
-    stdout: String,
-}
-
-/// Runs a child to completion: wall time from spawn to reaping, CPU and peak RSS from `wait4`.
-/// Panics if it fails.
-#[allow(clippy::zombie_processes)] // reaped by wait4, which `Child` does not know about
-fn run_child(cmd: &mut Command) -> ChildRun {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let mut out_pipe = child.stdout.take().unwrap();
-    let mut err_pipe = child.stderr.take().unwrap();
-    let out = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out_pipe.read_to_string(&mut s);
-        s
-    });
-    let err = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err_pipe.read_to_string(&mut s);
-        s
-    });
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain old data; zeroed is a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: pid is our own child, not yet reaped; both pointers are valid for writes.
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if r == pid {
-            break;
-        }
-        let e = io::Error::last_os_error();
-        assert_eq!(e.kind(), io::ErrorKind::Interrupted, "wait4: {e}");
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let stdout = out.join().expect("stdout reader");
-    let stderr = err.join().expect("stderr reader");
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    assert!(
-        ok,
-        "{cmd:?} failed (wait status {status}):\n{stderr}{stdout}"
-    );
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    ChildRun {
-        secs,
-        cpu_secs: tv(usage.ru_utime) + tv(usage.ru_stime),
-        maxrss_kib: usage.ru_maxrss.max(0) as u64,
-        stdout,
-    }
-}
-
 /// Deterministic printable text: lines of 64 hex digits from xorshift64*.
 fn text(len: usize, seed: u64) -> Vec<u8> {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -898,49 +805,6 @@ fn stream(path: &Path, mut each: impl FnMut(&[u8])) {
     }
 }
 
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn cpus() -> usize {
-    thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
 fn machine() -> String {
-    let model = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    format!("{} CPUs, {model}", cpus())
+    format!("{} CPUs, {}", cpus(), cpu_model())
 }

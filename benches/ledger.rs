@@ -14,6 +14,11 @@
 //! run, default 200000), `BENCH_UNBATCHED_EVENTS` (default 2000), `BENCH_ROUNDS` (default 3),
 //! `BENCH_RECYCLE` (default 1, see `Prep`), `BENCH_KEEP=1` (keep the work dir, e.g. to profile).
 
+mod common;
+
+use common::{
+    cpu_model, cpus, env_num, find_on_path, median, run_child, thousands, ChildRun, Summary,
+};
 use ledger::event::{ArtifactAdded, EventKind, Observation, Origin};
 use ledger::store::BlobStore;
 use ledger::{Hash, Ledger, Wait};
@@ -21,7 +26,7 @@ use serde_json::Value;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Instant;
@@ -52,16 +57,6 @@ impl Config {
             unbatched: env_num("BENCH_UNBATCHED_EVENTS", 2_000).max(1) as usize,
             rounds: env_num("BENCH_ROUNDS", 3).max(1) as usize,
         }
-    }
-}
-
-fn env_num(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number")),
-        Err(_) => default,
     }
 }
 
@@ -109,7 +104,7 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
 
-    let mut summary = Summary::default();
+    let mut summary = Summary::new([52, 16, 16]);
     let ingest = bench_ingest(&cfg, work.path(), &input, b3sum.as_deref(), &mut summary);
     let events_only = bench_appends(&cfg, work.path(), &mut summary);
     bench_verify(&cfg, &ingest, &events_only, b3sum.is_some(), &mut summary);
@@ -118,33 +113,6 @@ fn main() {
     println!("total bench time {:.0} s", started.elapsed().as_secs_f64());
     if keep {
         println!("kept {} (BENCH_KEEP=1)", work.path().display());
-    }
-}
-
-/// The headline numbers, printed together at the end.
-#[derive(Default)]
-struct Summary {
-    rows: Vec<[String; 4]>,
-}
-
-impl Summary {
-    fn add(&mut self, what: &str, value: String, target: &str, ok: Option<bool>) {
-        let verdict = match ok {
-            Some(true) => "ok",
-            Some(false) => "MISS",
-            None => "",
-        };
-        self.rows
-            .push([what.into(), value, target.into(), verdict.into()]);
-    }
-
-    fn print(&self) {
-        println!();
-        println!("SUMMARY");
-        println!("   {:<52} {:>16}   {:<16}", "measure", "value", "target");
-        for [what, value, target, verdict] in &self.rows {
-            println!("   {what:<52} {value:>16}   {target:<16} {verdict}");
-        }
     }
 }
 
@@ -980,15 +948,6 @@ fn bench_verify(
 // ---------------------------------------------------------------------------------------------
 // Child processes
 
-struct ChildRun {
-    secs: f64,
-    /// User + system CPU time.
-    cpu_secs: f64,
-    /// Peak resident set size, KiB (`ru_maxrss` on Linux).
-    maxrss_kib: u64,
-    stdout: String,
-}
-
 #[derive(Default)]
 struct Samples {
     secs: Vec<f64>,
@@ -1014,76 +973,6 @@ impl Samples {
     fn max_rss(&self) -> u64 {
         self.rss.iter().copied().max().unwrap_or(0)
     }
-}
-
-/// Runs a child to completion: wall time from spawn to reaping, peak RSS from `wait4`.
-/// Panics if it fails.
-#[allow(clippy::zombie_processes)] // reaped by wait4, which `Child` does not know about
-fn run_child(cmd: &mut Command) -> ChildRun {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_string(&mut s);
-            }
-            s
-        })
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain old data; zeroed is a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: pid is our own child, not yet reaped; both pointers are valid for writes.
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if r == pid {
-            break;
-        }
-        let e = io::Error::last_os_error();
-        assert_eq!(e.kind(), io::ErrorKind::Interrupted, "wait4: {e}");
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let stdout = out.join().expect("stdout reader");
-    let stderr = err.join().expect("stderr reader");
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    assert!(
-        ok,
-        "{cmd:?} failed (wait status {status}):\n{stderr}{stdout}"
-    );
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    ChildRun {
-        secs,
-        cpu_secs: tv(usage.ru_utime) + tv(usage.ru_stime),
-        maxrss_kib: usage.ru_maxrss.max(0) as u64,
-        stdout,
-    }
-}
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
 }
 
 fn tool_version(path: &Path) -> String {
@@ -1177,16 +1066,6 @@ fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 // ---------------------------------------------------------------------------------------------
 // Formatting
 
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 fn rate(bytes: u64, secs: f64) -> String {
     let per_s = bytes as f64 / secs;
     if per_s >= 1024.0 * MIB as f64 {
@@ -1208,32 +1087,8 @@ fn rss_mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn cpus() -> usize {
-    thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 fn machine() -> String {
-    let model = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let model = cpu_model();
     let mem = fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
