@@ -175,13 +175,17 @@ pub fn verify(ledger: &Ledger, progress: &ProgressBar) -> Result<VerifyReport> {
     let index_tail = ledger.index().tail()?.next_seq;
     // A private index (a writer holds the persistent one) was just built from this very log:
     // checking it would prove nothing.
-    let check_index = ledger.index_problem().is_none() && !ledger.index().is_private();
-    if ledger.index_problem().is_none() && ledger.index().is_private() {
-        warnings.push(
-            "the index is in use by a writer (a `ledger run`?), so it was not checked; the log and blobs were"
-                .into(),
-        );
-    }
+    let check_index = match (ledger.index_problem(), ledger.index().is_private()) {
+        (Some(_), _) => false,
+        (None, true) => {
+            warnings.push(
+                "the index is in use by a writer (a `ledger run`?), so it was not checked; the log and blobs were"
+                    .into(),
+            );
+            false
+        }
+        (None, false) => true,
+    };
     let keys = DigestKeys::new();
     let mut expected = Expected::new(keys.clone());
     let mut locations = LocationCheck {

@@ -502,10 +502,11 @@ pub fn run(
                     cursor.step
                 );
             }
-            let curve = match cursor.curve {
-                Some(_) => Some(blob(&cursor.curve, "curve")?),
-                None => None,
-            };
+            let curve = cursor
+                .curve
+                .is_some()
+                .then(|| blob(&cursor.curve, "curve"))
+                .transpose()?;
             (model, opt, cursor.step, curve)
         }
         None => {
