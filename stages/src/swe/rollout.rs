@@ -982,4 +982,46 @@ mod tests {
         }
         assert!(whole(Some(&tok), &all) > 100);
     }
+
+    /// A measurement, not a check of speed: counting a 100-step conversation after every step,
+    /// by recounting the whole rendering (as `rollout` v2 did) and a message at a time. Run it
+    /// with `cargo nextest run --release -p davinci-stages token_counting_cost --run-ignored
+    /// only --no-capture`.
+    #[test]
+    #[ignore]
+    fn token_counting_cost() {
+        let texts = (0..2000).map(|i| format!("def f{i}(x):\n    return x + {i} # line\n"));
+        let mut tok = crate::tokenize::train_bpe(texts, 2048, 2, "<|endoftext|>").unwrap();
+        tok.add_special_tokens(vec![
+            tokenizers::AddedToken::from(model::chat::IM_START, true),
+            tokenizers::AddedToken::from(model::chat::IM_END, true),
+        ])
+        .unwrap();
+        let observation: String = (0..120)
+            .map(|i| format!("{i}: def f{i}(x): return x + {i}  # some output here\n"))
+            .collect();
+        let mut messages = vec![
+            ChatMessage::text("system", SYSTEM_PROMPT),
+            ChatMessage::text("user", "fix it"),
+        ];
+        let mut counted = TokenCount::new(Some(&tok));
+        let (mut recount, mut per_message) = (Duration::ZERO, Duration::ZERO);
+        let mut tokens = 0;
+        for step in 0..100 {
+            messages.push(ChatMessage::text("assistant", format!("step {step}")));
+            messages.push(ChatMessage::text("tool", &observation));
+            let t = std::time::Instant::now();
+            let all = whole(Some(&tok), &messages);
+            recount += t.elapsed();
+            let t = std::time::Instant::now();
+            tokens = counted.update(&messages).unwrap();
+            per_message += t.elapsed();
+            assert_eq!(tokens, all);
+        }
+        println!(
+            "100 steps, {tokens} tokens: recounting the whole rendering {:.3} s, a message at a time {:.3} s",
+            recount.as_secs_f64(),
+            per_message.as_secs_f64()
+        );
+    }
 }
