@@ -708,8 +708,13 @@ fn append_run(
         t
     } else {
         let refs = put_blobs(&BlobStore::new(dir), blobs);
-        let mut writer =
-            ledger::log::Writer::open(&log_path, ledger::log::Tail::EMPTY).expect("open the log");
+        let mut writer = ledger::log::Writer::open(
+            &log_path,
+            ledger::log::Tail::EMPTY,
+            0,
+            &ledger::storage::Storage::disk(),
+        )
+        .expect("open the log");
         time_appends(event_batches(&refs, total, batch), |b| {
             writer.append(b).expect("append");
         })

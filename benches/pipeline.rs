@@ -103,6 +103,7 @@ fn records(n: usize) -> Vec<PrRecord> {
                 author: "alice".into(),
                 date: Some("2024-01-01T00:00:00Z".into()),
                 diffs: vec![change.clone()],
+                ..Default::default()
             }],
             files: vec![change],
             relevant_files: vec![RelevantFile {

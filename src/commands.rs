@@ -131,6 +131,9 @@ pub fn show(ctx: &Context, what: &str, json: bool) -> Result<ExitCode> {
         (false, false, false) => "MISSING from the store",
     };
     println!("bytes      {state}");
+    if let Some(bundle) = &info.imported_from {
+        println!("imported   from bundle {bundle} (foreign: what follows is the bundle's claim; `ledger replay --check` re-derives it)");
+    }
     if !info.tags.is_empty() {
         println!("tags       {}", info.tags.join(", "));
     }
@@ -340,7 +343,11 @@ pub fn log(ctx: &Context, limit: Option<usize>, json: bool) -> Result<ExitCode> 
 }
 
 fn event_json(e: &Event) -> serde_json::Value {
-    let detail = match &e.kind {
+    json!({ "seq": e.seq, "prev": e.prev.to_hex(), "time_ms": e.time_ms, "kind": e.kind.name(), "detail": kind_json(&e.kind) })
+}
+
+fn kind_json(kind: &EventKind) -> serde_json::Value {
+    match kind {
         EventKind::ArtifactAdded(a) => json!({
             "hash": a.hash.to_hex(), "size": a.size, "media_type": a.media_type,
             "origin": match &a.origin { Origin::File { path } => json!({"file": path}), Origin::Config { path } => json!({"config": path}) },
@@ -367,12 +374,29 @@ fn event_json(e: &Event) -> serde_json::Value {
         EventKind::Collected(c) => {
             json!({"hashes": c.hashes.iter().map(|h| h.to_hex()).collect::<Vec<_>>()})
         }
-    };
-    json!({ "seq": e.seq, "prev": e.prev.to_hex(), "time_ms": e.time_ms, "kind": e.kind.name(), "detail": detail })
+        EventKind::Imported(i) => json!({
+            "bundle": i.bundle.to_hex(), "root": i.root.to_hex(), "path": i.path,
+            "events": i.events, "appended": i.appended, "blobs": i.blobs, "blobs_added": i.blobs_added,
+            "trusted": i.trusted,
+        }),
+        EventKind::Foreign(f) => json!({
+            "bundle": f.bundle.to_hex(), "trusted": f.trusted,
+            "kind": f.event.name(), "detail": kind_json(&f.event),
+        }),
+    }
 }
 
 fn summarize(e: &Event) -> String {
-    let what = match &e.kind {
+    format!(
+        "#{:<6} {}  {}",
+        e.seq,
+        format_time(e.time_ms),
+        summarize_kind(&e.kind)
+    )
+}
+
+fn summarize_kind(kind: &EventKind) -> String {
+    match kind {
         EventKind::ArtifactAdded(a) => {
             let origin = match &a.origin {
                 Origin::File { path } => format!("file {path}"),
@@ -420,8 +444,24 @@ fn summarize(e: &Event) -> String {
         ),
         EventKind::Tag(t) => format!("tag    {} -> {}", t.name, t.target.short()),
         EventKind::Collected(c) => format!("gc     {} blobs collected", c.hashes.len()),
-    };
-    format!("#{:<6} {}  {what}", e.seq, format_time(e.time_ms))
+        EventKind::Imported(i) => format!(
+            "import bundle {} ({}) for {}: {} of {} events and {} of {} blobs were new{}",
+            i.bundle.short(),
+            i.path,
+            i.root.short(),
+            i.appended,
+            i.events,
+            i.blobs_added,
+            i.blobs,
+            if i.trusted { ", trusted" } else { "" }
+        ),
+        EventKind::Foreign(f) => format!(
+            "{}  [foreign: bundle {}{}]",
+            summarize_kind(&f.event),
+            f.bundle.short(),
+            if f.trusted { ", trusted" } else { "" }
+        ),
+    }
 }
 
 fn format_time(ms: u64) -> String {
@@ -610,16 +650,46 @@ pub fn export(ctx: &Context, what: &str, output: &Path, json: bool) -> Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn import(ctx: &Context, bundle: &Path, json: bool) -> Result<ExitCode> {
+pub fn import(
+    ctx: &Context,
+    bundle: &Path,
+    options: ledger::bundle::ImportOptions,
+    json: bool,
+) -> Result<ExitCode> {
+    // The whole bundle is verified before the ledger is touched (not even its lock file or
+    // its index, hence a private index), so a bad bundle leaves it exactly as it was.
+    if ctx.dir.join(ledger::ledger::LOG_FILE).exists() {
+        let reader = Ledger::open_private(&ctx.dir)?;
+        ledger::bundle::check(bundle, Some(&reader))?;
+    } else {
+        ledger::bundle::check(bundle, None)?;
+    }
     let mut ledger = ctx.writer_or_init()?;
-    let report = ledger::bundle::import(&mut ledger, bundle)?;
+    let report = ledger::bundle::import(&mut ledger, bundle, options)?;
     if json {
         print_json(&report)?;
     } else {
         println!(
-            "imported {}: {} events appended ({} already known), {} blobs added",
-            report.root, report.events_appended, report.events_known, report.blobs_added
+            "imported {} from bundle {}: {} events appended as foreign{} ({} already known), {} blobs added",
+            report.root,
+            &report.bundle[..12],
+            report.events_appended,
+            if report.trusted { " (trusted)" } else { "" },
+            report.events_known,
+            report.blobs_added
         );
+        let skipped: Vec<&str> = report
+            .tags
+            .iter()
+            .filter(|(_, _, adopted)| !adopted)
+            .map(|(name, _, _)| name.as_str())
+            .collect();
+        if !skipped.is_empty() {
+            println!(
+                "the bundle's tags {} were not applied here (--adopt-tags applies them)",
+                skipped.join(", ")
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -636,10 +706,11 @@ pub fn gc(ctx: &Context, dry_run: bool, json: bool) -> Result<ExitCode> {
         println!("{verb} {hash} ({})", human_size(*size));
     }
     println!(
-        "{verb} {} blobs ({}) and {} temp files",
+        "{verb} {} blobs ({}) and {} temp files and directories ({})",
         report.removed.len(),
         human_size(report.bytes),
-        report.temp_files
+        report.temp_files,
+        human_size(report.temp_bytes)
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -93,6 +93,11 @@ enum Command {
         /// compare them with the record after normalizing timings.
         #[arg(long)]
         reexecute: bool,
+        /// Where steps find external sources named by relative paths (a git clone); default:
+        /// the recorded config's directory for this ledger's runs, an empty directory for
+        /// imported ones.
+        #[arg(long)]
+        workdir: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -119,9 +124,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Verify a bundle and add what this ledger lacks (all or nothing).
+    /// Verify a bundle and add what this ledger lacks (all or nothing), as foreign events.
     Import {
         bundle: PathBuf,
+        /// Vouch for the bundle: its steps answer this ledger's action cache and its
+        /// observations answer requests (still recorded as foreign).
+        #[arg(long)]
+        trust: bool,
+        /// Point this ledger's tags where the bundle's tags point (moving existing ones).
+        #[arg(long)]
+        adopt_tags: bool,
         #[arg(long)]
         json: bool,
     },
@@ -189,6 +201,7 @@ fn main() -> ExitCode {
             repeat,
             from,
             reexecute,
+            workdir,
             json,
         } => {
             let options = replay::ReplayOptions {
@@ -196,12 +209,23 @@ fn main() -> ExitCode {
                 repeat,
                 from,
                 reexecute,
+                workdir,
             };
             commands::replay(&ctx, &hash, &options, json)
         }
         Command::Diff { a, b, json, dot } => commands::diff(&ctx, &a, &b, json, dot),
         Command::Export { hash, output, json } => commands::export(&ctx, &hash, &output, json),
-        Command::Import { bundle, json } => commands::import(&ctx, &bundle, json),
+        Command::Import {
+            bundle,
+            trust,
+            adopt_tags,
+            json,
+        } => commands::import(
+            &ctx,
+            &bundle,
+            ledger::bundle::ImportOptions { trust, adopt_tags },
+            json,
+        ),
         Command::Verify { json } => commands::verify(&ctx, json),
         Command::Gc { dry_run, json } => commands::gc(&ctx, dry_run, json),
         Command::Tag { name, hash } => commands::tag(&ctx, &name, &hash),

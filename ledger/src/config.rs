@@ -32,9 +32,35 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// The 1-based line of a byte offset in a TOML source.
+/// The 1-based line of a byte offset in a TOML source (one question: for many, build a
+/// [`LineIndex`] once).
 pub fn line_of(source: &str, offset: usize) -> usize {
     source[..offset.min(source.len())].matches('\n').count() + 1
+}
+
+/// Where each line of a source starts, so the line of any offset is a binary search (a config
+/// of 10,000 stages asks it tens of thousands of times).
+pub struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    pub fn new(source: &str) -> LineIndex {
+        let starts = std::iter::once(0)
+            .chain(source.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        LineIndex { starts }
+    }
+
+    /// The 1-based line of a byte offset.
+    pub fn line(&self, offset: usize) -> usize {
+        self.starts.partition_point(|start| *start <= offset)
+    }
+
+    /// How many lines the source has.
+    pub fn lines(&self) -> usize {
+        self.starts.len()
+    }
 }
 
 /// Parses a TOML file into `T`; a syntax or shape error names the file, the line and the key
@@ -189,11 +215,20 @@ const RESERVED: [&str; 4] = ["id", "uses", "inputs", "seed"];
 
 impl Experiment {
     pub fn load(path: &Path, registry: &Registry) -> Result<Experiment, ConfigError> {
-        let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let err = |line: Option<usize>, message: String| ConfigError {
             file: path.to_path_buf(),
-            line: None,
+            line,
             key: None,
-            message: format!("cannot read: {e}"),
+            message,
+        };
+        let bytes = std::fs::read(path).map_err(|e| err(None, format!("cannot read: {e}")))?;
+        let source = String::from_utf8(bytes).map_err(|e| {
+            let at = e.utf8_error().valid_up_to();
+            let line = e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() + 1;
+            err(
+                Some(line),
+                format!("not valid UTF-8 (byte {at} of the file); TOML files are UTF-8"),
+            )
         })?;
         Experiment::parse(path, source, registry)
     }
@@ -203,7 +238,8 @@ impl Experiment {
         source: String,
         registry: &Registry,
     ) -> Result<Experiment, ConfigError> {
-        let line_of = |offset: usize| line_of(&source, offset);
+        let lines = LineIndex::new(&source);
+        let line_of = |offset: usize| lines.line(offset);
         let err = |line: Option<usize>, key: Option<&str>, message: String| ConfigError {
             file: path.to_path_buf(),
             line,
@@ -221,7 +257,11 @@ impl Experiment {
         });
         let default_seed = experiment.seed.unwrap_or(0);
         if raw.stage.is_empty() {
-            return Err(err(None, None, "no [[stage]] entries".into()));
+            return Err(err(
+                Some(lines.lines()),
+                None,
+                "no [[stage]] entries: an experiment needs at least one stage".into(),
+            ));
         }
 
         let mut nodes = Vec::new();
@@ -357,7 +397,11 @@ impl Experiment {
                 .map(|(k, v)| (k.clone(), v.get_ref().clone()))
                 .collect();
             let config = stage.check(params).map_err(|e| {
-                let top = e.key.as_deref().map(|k| k.split('.').next().unwrap_or(k));
+                // The parameter's own key: `paths` of `paths[0]`, `git` of `git.repo`.
+                let top = e
+                    .key
+                    .as_deref()
+                    .map(|k| k.split(['.', '[']).next().unwrap_or(k));
                 let line = top.and_then(key_line).or(Some(first_line));
                 err(
                     line,
@@ -379,13 +423,14 @@ impl Experiment {
         }
 
         // Every reference must name an earlier-or-later node and one of its outputs.
+        let by_id: HashMap<&str, &Node> = nodes.iter().map(|n| (n.id.as_str(), n)).collect();
         for node in &nodes {
             for (input, reference) in &node.inputs {
                 let InputRef::Output { node: from, output } = reference else {
                     continue;
                 };
                 let key = format!("inputs.{input}");
-                let Some(producer) = nodes.iter().find(|n| &n.id == from) else {
+                let Some(producer) = by_id.get(from.as_str()) else {
                     return Err(err(
                         Some(node.inputs_line),
                         Some(&key),
@@ -443,42 +488,71 @@ fn list<'a>(items: impl Iterator<Item = &'a str>) -> String {
     }
 }
 
-/// Kahn's algorithm, stable in config order. On a cycle, returns the ids along it.
+/// Kahn's algorithm, stable in config order: of the nodes whose inputs are all produced, the
+/// first in the file runs first. O((nodes + edges) log nodes). On a cycle, returns the ids
+/// along it.
 fn topological_order(nodes: Vec<Node>) -> Result<Vec<Node>, Vec<String>> {
-    let mut remaining = nodes;
-    let mut done: Vec<Node> = Vec::new();
-    while !remaining.is_empty() {
-        let ready = remaining.iter().position(|n| {
-            n.inputs
-                .values()
-                .filter_map(InputRef::node)
-                .all(|from| done.iter().any(|d| d.id == from))
-        });
-        match ready {
-            Some(i) => done.push(remaining.remove(i)),
-            None => {
-                // Follow unmet dependencies from any remaining node until one repeats.
-                let mut path = vec![remaining[0].id.clone()];
-                loop {
-                    let current = remaining.iter().find(|n| &n.id == path.last().unwrap());
-                    let next = current
-                        .and_then(|n| {
-                            n.inputs
-                                .values()
-                                .filter_map(InputRef::node)
-                                .find(|from| remaining.iter().any(|r| r.id == *from))
-                        })
-                        .map(str::to_string)
-                        .expect("a node left unscheduled has an unscheduled dependency");
-                    if let Some(start) = path.iter().position(|p| *p == next) {
-                        let mut cycle = path[start..].to_vec();
-                        cycle.push(next);
-                        return Err(cycle);
-                    }
-                    path.push(next);
+    use std::collections::BTreeSet;
+    let index: HashMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.as_str(), i))
+        .collect();
+    // For each node, the distinct earlier-needed producers; for each producer, its consumers.
+    // (In input-name order, each producer once: the cycle report follows the first.)
+    let deps: Vec<Vec<usize>> = nodes
+        .iter()
+        .map(|n| {
+            let mut d: Vec<usize> = Vec::new();
+            for from in n.inputs.values().filter_map(InputRef::node) {
+                if !d.contains(&index[from]) {
+                    d.push(index[from]);
                 }
+            }
+            d
+        })
+        .collect();
+    let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    for (i, d) in deps.iter().enumerate() {
+        for &from in d {
+            consumers[from].push(i);
+        }
+    }
+    let mut waiting: Vec<usize> = deps.iter().map(Vec::len).collect();
+    let mut ready: BTreeSet<usize> = (0..nodes.len()).filter(|i| waiting[*i] == 0).collect();
+    let mut order = Vec::with_capacity(nodes.len());
+    while let Some(i) = ready.pop_first() {
+        order.push(i);
+        for &c in &consumers[i] {
+            waiting[c] -= 1;
+            if waiting[c] == 0 {
+                ready.insert(c);
             }
         }
     }
-    Ok(done)
+    if order.len() < nodes.len() {
+        // Follow unmet dependencies from the first unscheduled node until one repeats.
+        let mut path = vec![(0..nodes.len())
+            .find(|i| waiting[*i] > 0)
+            .expect("unscheduled")];
+        loop {
+            let current = *path.last().expect("non-empty");
+            let next = *deps[current]
+                .iter()
+                .find(|d| waiting[**d] > 0)
+                .expect("a node left unscheduled has an unscheduled dependency");
+            if let Some(start) = path.iter().position(|p| *p == next) {
+                let mut cycle: Vec<String> =
+                    path[start..].iter().map(|i| nodes[*i].id.clone()).collect();
+                cycle.push(nodes[next].id.clone());
+                return Err(cycle);
+            }
+            path.push(next);
+        }
+    }
+    let mut slots: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
+    Ok(order
+        .into_iter()
+        .map(|i| slots[i].take().expect("each node once"))
+        .collect())
 }

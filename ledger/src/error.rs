@@ -4,10 +4,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
+    // The OS error is part of the message and not a `source`, so a printed chain says it once.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0}")]
     Corrupt(String),
@@ -25,16 +26,22 @@ pub enum Error {
     #[error("{0}")]
     Stage(String),
     #[error("index: {0}")]
-    Index(#[from] sled::Error),
+    Index(sled::Error),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
 }
 
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Error {
+        Error::Index(e)
+    }
+}
+
 impl Error {
-    pub fn io(path: &Path, source: std::io::Error) -> Error {
+    pub fn io(path: &Path, error: std::io::Error) -> Error {
         Error::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         }
     }
 }

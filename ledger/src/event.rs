@@ -29,6 +29,13 @@ pub enum EventKind {
     Observation(Observation),
     Tag(Tag),
     Collected(Collected),
+    /// `ledger import` of a bundle: what it held. The events it brought follow, each wrapped
+    /// as `Foreign`.
+    Imported(Imported),
+    /// An event that came in a bundle. It is kept as the bundle told it, and it is never
+    /// taken for this ledger's own: unless the import was trusted, it answers no action-cache
+    /// lookup and no observation request of a local stage, and it moves no tag.
+    Foreign(Foreign),
 }
 
 impl EventKind {
@@ -40,6 +47,24 @@ impl EventKind {
             EventKind::Observation(_) => "observation",
             EventKind::Tag(_) => "tag",
             EventKind::Collected(_) => "collected",
+            EventKind::Imported(_) => "import",
+            EventKind::Foreign(_) => "foreign",
+        }
+    }
+
+    /// The event as it was made, and the import it came with if it is foreign.
+    pub fn claim(&self) -> (&EventKind, Option<&Foreign>) {
+        match self {
+            EventKind::Foreign(f) => (&f.event, Some(f)),
+            kind => (kind, None),
+        }
+    }
+
+    /// The event as it was made, by value, and the bundle it came with if it is foreign.
+    pub fn into_claim(self) -> (EventKind, Option<Hash>) {
+        match self {
+            EventKind::Foreign(f) => (*f.event, Some(f.bundle)),
+            kind => (kind, None),
         }
     }
 }
@@ -148,6 +173,36 @@ pub struct Collected {
     pub hashes: Vec<Hash>,
 }
 
+/// One `ledger import`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Imported {
+    /// BLAKE3 of the bundle file: what every `Foreign` event of this import names.
+    pub bundle: Hash,
+    /// The artifact the bundle was exported for.
+    pub root: Hash,
+    /// The bundle's path as given to `ledger import`, for people (never opened again).
+    pub path: String,
+    /// Events the bundle held, and how many of them this ledger lacked (appended as `Foreign`).
+    pub events: u32,
+    pub appended: u32,
+    /// Blobs the bundle held, and how many of them this ledger lacked.
+    pub blobs: u32,
+    pub blobs_added: u32,
+    /// The user vouched for the bundle (`--trust`): its steps answer the action cache and its
+    /// observations answer requests, as this ledger's own would. Still recorded as foreign.
+    pub trusted: bool,
+}
+
+/// An event from a bundle, as the bundle holds it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Foreign {
+    /// The bundle it came in (see `Imported::bundle`).
+    pub bundle: Hash,
+    /// See `Imported::trusted`.
+    pub trusted: bool,
+    pub event: Box<EventKind>,
+}
+
 impl Event {
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_stdvec(self).expect("events always encode")
@@ -157,9 +212,16 @@ impl Event {
         postcard::from_bytes(bytes)
     }
 
-    /// Every artifact address the event mentions, with the role it plays.
+    /// Every artifact address the event mentions.
     pub fn artifacts(&self) -> Vec<Hash> {
-        match &self.kind {
+        self.kind.artifacts()
+    }
+}
+
+impl EventKind {
+    /// Every artifact address the event mentions (a foreign event: what it claims).
+    pub fn artifacts(&self) -> Vec<Hash> {
+        match self {
             EventKind::ArtifactAdded(a) => vec![a.hash],
             EventKind::RunStarted(r) => vec![r.config],
             EventKind::StageRun(s) => s
@@ -170,7 +232,8 @@ impl Event {
                 .collect(),
             EventKind::Observation(o) => vec![o.response],
             EventKind::Tag(t) => vec![t.target],
-            EventKind::Collected(_) => vec![],
+            EventKind::Collected(_) | EventKind::Imported(_) => vec![],
+            EventKind::Foreign(f) => f.event.artifacts(),
         }
     }
 }

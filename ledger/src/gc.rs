@@ -13,12 +13,55 @@ use crate::log::Frame;
 use serde::Serialize;
 use std::collections::HashSet;
 
+/// An entry of the ledger's `tmp/` directory.
+#[derive(Debug)]
+pub struct Leftover {
+    pub path: std::path::PathBuf,
+    pub is_dir: bool,
+    /// Bytes in it (a directory: every file under it).
+    pub bytes: u64,
+}
+
+/// What `tmp/` holds: in-flight writes of a running writer, or leftovers of interrupted ones
+/// (a blob's temp file, an import's staging directory).
+pub fn leftovers(tmp: &std::path::Path) -> Result<Vec<Leftover>> {
+    fn size(path: &std::path::Path) -> u64 {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => std::fs::read_dir(path)
+                .map(|rd| rd.filter_map(|e| e.ok()).map(|e| size(&e.path())).sum())
+                .unwrap_or(0),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        }
+    }
+    let entries = match std::fs::read_dir(tmp) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(tmp, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(tmp, e))?;
+        let path = entry.path();
+        let is_dir = entry.file_type().map_err(|e| Error::io(&path, e))?.is_dir();
+        out.push(Leftover {
+            bytes: size(&path),
+            path,
+            is_dir,
+        });
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
 #[derive(Debug, Serialize)]
 pub struct GcReport {
     pub dry_run: bool,
     pub removed: Vec<(String, u64)>,
     pub bytes: u64,
+    /// Entries of `tmp/` removed (files and import staging directories), and their bytes.
     pub temp_files: usize,
+    pub temp_bytes: u64,
 }
 
 pub fn gc(ledger: &mut Ledger, dry_run: bool) -> Result<GcReport> {
@@ -32,7 +75,9 @@ pub fn gc(ledger: &mut Ledger, dry_run: bool) -> Result<GcReport> {
             Frame::Good(stored) => {
                 let event = stored.event;
                 known.extend(event.artifacts());
-                match &event.kind {
+                // A foreign event reaches what it claims to (its steps and observations), as a
+                // local one does; an added file or a gc record reaches nothing.
+                match event.kind.claim().0 {
                     EventKind::ArtifactAdded(_) | EventKind::Collected(_) => {}
                     _ => reached.extend(event.artifacts()),
                 }
@@ -59,11 +104,7 @@ pub fn gc(ledger: &mut Ledger, dry_run: bool) -> Result<GcReport> {
             collected.push(hash);
         }
     }
-    let temp_dir = ledger.dir().join("tmp");
-    let temps: Vec<_> = std::fs::read_dir(&temp_dir)
-        .map_err(|e| Error::io(&temp_dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
+    let temps = leftovers(ledger.store().tmp_dir())?;
     if !dry_run {
         if !collected.is_empty() {
             ledger.append_one(EventKind::Collected(Collected { hashes: collected }))?;
@@ -71,9 +112,16 @@ pub fn gc(ledger: &mut Ledger, dry_run: bool) -> Result<GcReport> {
         for (hash, _) in &removed {
             ledger.store().remove(hash)?;
         }
-        // Only writers create temp files, and we hold the writer lock: these are leftovers.
+        // Only writers create temp files and directories (an import's staging area), and we
+        // hold the writer lock: these are leftovers of interrupted writers.
+        let storage = ledger.storage().clone();
         for t in &temps {
-            std::fs::remove_file(t).map_err(|e| Error::io(t, e))?;
+            let removed = if t.is_dir {
+                storage.remove_dir_all(&t.path)
+            } else {
+                storage.remove_file(&t.path)
+            };
+            removed.map_err(|e| Error::io(&t.path, e))?;
         }
     }
     Ok(GcReport {
@@ -84,5 +132,6 @@ pub fn gc(ledger: &mut Ledger, dry_run: bool) -> Result<GcReport> {
             .collect(),
         bytes,
         temp_files: temps.len(),
+        temp_bytes: temps.iter().map(|t| t.bytes).sum(),
     })
 }

@@ -5,11 +5,12 @@
 //! Applying an event is idempotent, and the `meta/tail` record is written after the event's
 //! entries and location, so a crash between the two just re-applies the event on the next open.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::event::{EventKind, RunStatus};
 use crate::hash::Hash;
 use crate::locations::{Location, LocationIter, Locations};
 use crate::log::{Stored, Tail};
+use crate::storage::Storage;
 use crate::tree::Tree;
 use foldhash::HashMap;
 use std::hash::{BuildHasher, Hasher, RandomState};
@@ -18,6 +19,8 @@ use std::path::Path;
 pub struct Index {
     /// The persistent index's database; none for a private index.
     db: Option<sled::Db>,
+    /// Where indexing's crash points are checked (see `storage`).
+    storage: Storage,
     /// seq → where the event's frame lies, and its id
     locations: Locations,
     /// artifact → seq of the event that first brought its bytes
@@ -63,12 +66,39 @@ const TREES: [&str; TREE_COUNT] = [
     "collected",
 ];
 
+/// The `meta` key present while the index is being cleared for a rebuild: written and flushed
+/// before the first entry is removed, removed after the last, so an index whose clearing was
+/// interrupted never passes for a complete one.
+const CLEARING: &[u8] = b"clearing";
+
+/// Errors of the file system itself (a full disk, no permission, a read-only or failing
+/// device): the index files are not broken, and moving them aside would not help.
+fn is_environmental(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ENOSPC
+                | libc::EDQUOT
+                | libc::EROFS
+                | libc::EACCES
+                | libc::EPERM
+                | libc::EIO
+                | libc::ENOMEM
+                | libc::EMFILE
+                | libc::ENFILE
+        )
+    )
+}
+
 impl Index {
-    pub fn open(path: &Path) -> Result<OpenIndex> {
+    pub fn open(path: &Path, storage: &Storage) -> Result<OpenIndex> {
         let db = match sled::Config::new().path(path).open() {
             Ok(db) => db,
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
                 return Ok(OpenIndex::Busy)
+            }
+            Err(sled::Error::Io(e)) if is_environmental(&e) => {
+                return Err(Error::io(path, e));
             }
             Err(e) => {
                 return Ok(OpenIndex::Broken(format!(
@@ -83,7 +113,8 @@ impl Index {
         }
         let tree = |name: &str| -> Result<Tree> { Ok(Tree::Sled(db.open_tree(name)?)) };
         let mut index = Index {
-            locations: Locations::open(&path.join(LOCATIONS_FILE))?,
+            storage: storage.clone(),
+            locations: Locations::open(&path.join(LOCATIONS_FILE), storage)?,
             artifacts: tree("artifacts")?,
             actions: tree("actions")?,
             runs: tree("runs")?,
@@ -94,6 +125,13 @@ impl Index {
             meta: tree("meta")?,
             db: Some(db),
         };
+        if index.meta.contains(CLEARING)? {
+            tracing::warn!(
+                "the index at {} was being rebuilt when its writer stopped; rebuilding it from the log",
+                path.display()
+            );
+            index.clear()?;
+        }
         // Locations written after the last recorded tail (a crash in between) are redone.
         let recorded = index.recorded_tail()?.next_seq;
         index.locations.truncate(recorded)?;
@@ -105,6 +143,7 @@ impl Index {
         // Trees read by prefix keep their keys in order; the rest are hashed.
         Index {
             db: None,
+            storage: Storage::disk(),
             locations: Locations::Memory(Vec::new()),
             artifacts: Tree::ordered(),
             actions: Tree::hashed(),
@@ -122,12 +161,29 @@ impl Index {
         self.db.is_none()
     }
 
+    /// Empties the index for a rebuild. sled persists operations in order, so the marker,
+    /// made durable first, outlives any partly cleared state (see `CLEARING`).
     pub fn clear(&mut self) -> Result<()> {
+        self.step("mark the index as being rebuilt")?;
+        self.meta.insert(CLEARING, &[])?;
+        self.meta.remove(b"tail")?;
+        if let Some(db) = &self.db {
+            self.step("flush the rebuild marker")?;
+            db.flush()?;
+        }
+        self.step("empty the location table")?;
+        self.locations.truncate(0)?;
+        self.step("empty the trees")?;
         for t in self.trees_mut() {
             t.clear()?;
         }
-        self.meta.clear()?;
-        self.locations.truncate(0)
+        self.meta.remove(CLEARING)
+    }
+
+    fn step(&self, what: &'static str) -> Result<()> {
+        self.storage
+            .index_step(what)
+            .map_err(|e| Error::io(Path::new("index"), e))
     }
 
     fn trees(&self) -> [&Tree; TREE_COUNT] {
@@ -197,6 +253,7 @@ impl Index {
 
     /// Applies events (consecutive, in log order) and records the new tail.
     pub fn apply(&mut self, events: &[Stored], tail: Tail) -> Result<()> {
+        self.step("apply events")?;
         let mut located = Vec::with_capacity(events.len());
         // Most ledgers never ran `gc`: spare every introduction its `collected` lookup.
         let mut any_collected = !self.collected.is_empty();
@@ -206,6 +263,7 @@ impl Index {
         if let Some(first) = events.first() {
             self.locations.write(first.event.seq, &located)?;
         }
+        self.step("record the index tail")?;
         self.set_tail(tail)
     }
 
@@ -218,13 +276,19 @@ impl Index {
         changes(s, |change| {
             match change {
                 Change::Located(location) => located.push(location),
-                Change::Introduced { hash, seq } => self.introduce(hash, &seq, *any_collected)?,
+                Change::Introduced { hash, seq, foreign } => {
+                    self.introduce(hash, &seq, foreign, *any_collected)?
+                }
                 Change::RunEvent { run, seq } => self.runs.insert(&cat(run, &seq), &[])?,
                 Change::Consumed { hash, seq } => self.consumers.insert(&cat(hash, &seq), &[])?,
                 Change::Action { key, seq } => self.actions.insert(key.as_bytes(), &seq)?,
-                Change::Observed { request, seq } => {
-                    self.observations.insert_new(request.as_bytes(), &seq)?
-                }
+                Change::Observed {
+                    request,
+                    seq,
+                    foreign,
+                } => self
+                    .observations
+                    .insert_new(&observation_key(request, foreign), &seq)?,
                 Change::Tagged { name, target } => {
                     self.tags.insert(name.as_bytes(), target.as_bytes())?
                 }
@@ -237,10 +301,19 @@ impl Index {
         })
     }
 
-    /// Records the first event that brought an artifact's bytes; bytes brought again after a
-    /// `gc` are no longer collected.
-    fn introduce(&mut self, hash: &Hash, seq: &[u8; 8], any_collected: bool) -> Result<()> {
-        self.artifacts.insert_new(hash.as_bytes(), seq)?;
+    /// Records the first event that brought an artifact's bytes (a local one replaces a
+    /// foreign one: see `introducer_value`); bytes brought again after a `gc` are no longer
+    /// collected.
+    fn introduce(
+        &mut self,
+        hash: &Hash,
+        seq: &[u8; 8],
+        foreign: bool,
+        any_collected: bool,
+    ) -> Result<()> {
+        let value = introducer_value(seq, foreign);
+        self.artifacts
+            .insert_unless(hash.as_bytes(), &value, |old| foreign || !is_foreign(old))?;
         if any_collected
             && self
                 .collected
@@ -253,6 +326,7 @@ impl Index {
     }
 
     pub fn flush(&self) -> Result<()> {
+        self.step("flush")?;
         self.locations.sync()?;
         if let Some(db) = &self.db {
             db.flush()?;
@@ -282,8 +356,17 @@ impl Index {
         self.actions.get(key.as_bytes(), be_u64)
     }
 
+    /// The observation recorded for `request` by this ledger's own stages (or a trusted
+    /// import): the only one a running stage may be answered with.
     pub fn observation(&self, request: &Hash) -> Result<Option<u64>> {
-        self.observations.get(request.as_bytes(), be_u64)
+        self.observations
+            .get(&observation_key(request, false), be_u64)
+    }
+
+    /// The observation an untrusted bundle recorded for `request` (for replaying its steps).
+    pub fn foreign_observation(&self, request: &Hash) -> Result<Option<u64>> {
+        self.observations
+            .get(&observation_key(request, true), be_u64)
     }
 
     pub fn tag(&self, name: &str) -> Result<Option<Hash>> {
@@ -394,16 +477,26 @@ pub fn differences(
 enum Change<'a> {
     /// The location table: seq → frame and id.
     Located(Location),
-    /// `artifacts`: the first event wins; clears an older `collected` entry.
-    Introduced { hash: &'a Hash, seq: [u8; 8] },
+    /// `artifacts`: the first event wins, except that a local one replaces a foreign one;
+    /// clears an older `collected` entry.
+    Introduced {
+        hash: &'a Hash,
+        seq: [u8; 8],
+        foreign: bool,
+    },
     /// `runs`: run id ++ seq.
     RunEvent { run: &'a Hash, seq: [u8; 8] },
     /// `consumers`: artifact ++ seq.
     Consumed { hash: &'a Hash, seq: [u8; 8] },
     /// `actions`: the latest successful run wins.
     Action { key: &'a Hash, seq: [u8; 8] },
-    /// `observations`: the first response to a request wins.
-    Observed { request: &'a Hash, seq: [u8; 8] },
+    /// `observations`: the first response to a request wins; untrusted foreign ones are kept
+    /// apart (see `observation_key`).
+    Observed {
+        request: &'a Hash,
+        seq: [u8; 8],
+        foreign: bool,
+    },
     /// `tags`: the latest wins.
     Tagged { name: &'a str, target: &'a Hash },
     /// `collected`: artifact → seq of the gc.
@@ -411,18 +504,31 @@ enum Change<'a> {
 }
 
 /// The index changes of one event, in the order they are applied.
+///
+/// A foreign event (from an imported bundle) is indexed for what it describes — its artifacts,
+/// runs, consumers, for lineage and replay — but, unless its import was trusted, it answers no
+/// action-cache lookup and no local observation request; a foreign tag or `gc` record never
+/// changes this ledger's tags or collected blobs.
 fn changes<'a, E>(
     s: &'a Stored,
     mut f: impl FnMut(Change<'a>) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
     let seq = s.event.seq.to_be_bytes();
     f(Change::Located(Location::of(s)))?;
-    match &s.event.kind {
-        EventKind::ArtifactAdded(a) => f(Change::Introduced { hash: &a.hash, seq }),
+    let (kind, import) = s.event.kind.claim();
+    let foreign = import.is_some();
+    let trusted = import.is_none_or(|i| i.trusted);
+    match kind {
+        EventKind::ArtifactAdded(a) => f(Change::Introduced {
+            hash: &a.hash,
+            seq,
+            foreign,
+        }),
         EventKind::RunStarted(r) => {
             f(Change::Introduced {
                 hash: &r.config,
                 seq,
+                foreign,
             })?;
             f(Change::RunEvent {
                 run: &r.run_id,
@@ -439,12 +545,18 @@ fn changes<'a, E>(
             }
             if let RunStatus::Succeeded = run.status {
                 for o in &run.outputs {
-                    f(Change::Introduced { hash: &o.hash, seq })?;
+                    f(Change::Introduced {
+                        hash: &o.hash,
+                        seq,
+                        foreign,
+                    })?;
                 }
-                f(Change::Action {
-                    key: &run.action_key,
-                    seq,
-                })?;
+                if trusted {
+                    f(Change::Action {
+                        key: &run.action_key,
+                        seq,
+                    })?;
+                }
             }
             Ok(())
         }
@@ -452,23 +564,51 @@ fn changes<'a, E>(
             f(Change::Introduced {
                 hash: &o.response,
                 seq,
+                foreign,
             })?;
             f(Change::Observed {
                 request: &o.request,
                 seq,
+                foreign: !trusted,
             })
         }
-        EventKind::Tag(t) => f(Change::Tagged {
+        EventKind::Tag(t) if !foreign => f(Change::Tagged {
             name: &t.name,
             target: &t.target,
         }),
-        EventKind::Collected(c) => {
+        EventKind::Collected(c) if !foreign => {
             for hash in &c.hashes {
                 f(Change::Collected { hash, seq })?;
             }
             Ok(())
         }
+        EventKind::Tag(_) | EventKind::Collected(_) | EventKind::Imported(_) => Ok(()),
+        // An import never nests them; one that does describes nothing this ledger indexes.
+        EventKind::Foreign(_) => Ok(()),
     }
+}
+
+/// The `artifacts` value: the introducing event's seq, with a ninth byte when it is foreign.
+fn introducer_value(seq: &[u8; 8], foreign: bool) -> Vec<u8> {
+    let mut v = seq.to_vec();
+    if foreign {
+        v.push(1);
+    }
+    v
+}
+
+fn is_foreign(introducer: &[u8]) -> bool {
+    introducer.len() > 8
+}
+
+/// The `observations` key: the request hash, with a 33rd byte for an untrusted
+/// foreign observation, so it never answers a local request.
+fn observation_key(request: &Hash, foreign: bool) -> Vec<u8> {
+    let mut k = request.as_bytes().to_vec();
+    if foreign {
+        k.push(b'f');
+    }
+    k
 }
 
 /// Secret keys of the entry hash, fresh for every check, so no crafted index can be made to
@@ -523,9 +663,11 @@ pub struct Expected {
     consumers: TreeDigest,
     /// `consumers` keys of the current event (an input may be named twice).
     consumed: Vec<[u8; 40]>,
-    artifacts: HashMap<Hash, [u8; 8]>,
+    /// artifact → (introducing seq, foreign)
+    artifacts: HashMap<Hash, ([u8; 8], bool)>,
     actions: HashMap<Hash, [u8; 8]>,
-    observations: HashMap<Hash, [u8; 8]>,
+    /// (request, foreign) → seq
+    observations: HashMap<(Hash, bool), [u8; 8]>,
     tags: HashMap<String, Hash>,
     collected: HashMap<Hash, [u8; 8]>,
 }
@@ -552,8 +694,11 @@ impl Expected {
         let Ok(()) = changes::<std::convert::Infallible>(s, |change| {
             match change {
                 Change::Located(_) => {}
-                Change::Introduced { hash, seq } => {
-                    self.artifacts.entry(*hash).or_insert(seq);
+                Change::Introduced { hash, seq, foreign } => {
+                    let entry = self.artifacts.entry(*hash).or_insert((seq, foreign));
+                    if entry.1 && !foreign {
+                        *entry = (seq, false);
+                    }
                     if self.collected.get(hash).is_some_and(|at| *at < seq) {
                         self.collected.remove(hash);
                     }
@@ -569,8 +714,12 @@ impl Expected {
                 Change::Action { key, seq } => {
                     self.actions.insert(*key, seq);
                 }
-                Change::Observed { request, seq } => {
-                    self.observations.entry(*request).or_insert(seq);
+                Change::Observed {
+                    request,
+                    seq,
+                    foreign,
+                } => {
+                    self.observations.entry((*request, foreign)).or_insert(seq);
                 }
                 Change::Tagged { name, target } => {
                     self.tags.insert(name.to_string(), *target);
@@ -596,12 +745,24 @@ impl Expected {
         for (name, target) in &self.tags {
             tags.add(&self.keys, name.as_bytes(), target.as_bytes());
         }
+        let mut artifacts = TreeDigest::default();
+        for (hash, (seq, foreign)) in &self.artifacts {
+            artifacts.add(
+                &self.keys,
+                hash.as_bytes(),
+                &introducer_value(seq, *foreign),
+            );
+        }
+        let mut observations = TreeDigest::default();
+        for ((request, foreign), seq) in &self.observations {
+            observations.add(&self.keys, &observation_key(request, *foreign), seq);
+        }
         [
-            map(&self.artifacts),
+            artifacts,
             map(&self.actions),
             self.runs,
             tags,
-            map(&self.observations),
+            observations,
             self.consumers,
             map(&self.collected),
         ]

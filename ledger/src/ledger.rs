@@ -15,6 +15,7 @@ use crate::hash::{is_hex_prefix, Hash};
 use crate::index::{Index, OpenIndex};
 use crate::lock::{Wait, WriterLock};
 use crate::log::{self, Frame, Scanner, Stored, Tail};
+use crate::storage::Storage;
 use crate::store::BlobStore;
 use std::fs::File;
 use std::io::Read;
@@ -35,21 +36,41 @@ pub struct Ledger {
     /// sled could not open its files: derived data lost, not ledger data.
     index_unreadable: bool,
     writer: Option<(log::Writer, WriterLock)>,
+    /// Where durable writes go (the file system, or a fault plan in crash tests).
+    storage: Storage,
 }
 
 impl Ledger {
     /// Creates an empty ledger. Fails if `dir` already holds one.
     pub fn init(dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        Ledger::init_with(dir, &Storage::disk())
+    }
+
+    /// `init`, its durable writes through `storage`. Under the writer lock, the store's
+    /// directories are made, then the log appears atomically (see `log::create`): a crash at
+    /// any point leaves either no ledger or a complete empty one, and `init` can be run again.
+    pub fn init_with(dir: &Path, storage: &Storage) -> Result<()> {
+        storage.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let _lock = WriterLock::acquire(dir, Wait::NoWait)?;
         let log_path = dir.join(LOG_FILE);
         if log_path.exists() {
-            return Err(Error::Invalid(format!(
-                "{} is already a ledger",
-                dir.display()
-            )));
+            match log::header_state(&log_path)? {
+                // What an `init` killed by an older version left: it never held an event.
+                log::HeaderState::Unfinished => tracing::warn!(
+                    "{}: the log of an interrupted `init` ({} bytes); creating it again",
+                    log_path.display(),
+                    std::fs::metadata(&log_path).map_or(0, |m| m.len())
+                ),
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "{} is already a ledger",
+                        dir.display()
+                    )))
+                }
+            }
         }
-        BlobStore::new(dir).create_dirs()?;
-        log::create(&log_path)?;
+        BlobStore::with_storage(dir, storage.clone()).create_dirs()?;
+        log::create(&log_path, storage)?;
         Ok(())
     }
 
@@ -58,7 +79,7 @@ impl Ledger {
     pub fn open(dir: &Path) -> Result<Ledger> {
         let log_path = existing_log(dir)?;
         let mut problem = None;
-        let index = match Index::open(&dir.join(INDEX_DIR))? {
+        let index = match Index::open(&dir.join(INDEX_DIR), &Storage::disk())? {
             OpenIndex::Ready(index) => index,
             OpenIndex::Busy => {
                 tracing::debug!("index busy; reading through a private index");
@@ -70,34 +91,54 @@ impl Ledger {
                 Index::temporary()
             }
         };
-        let mut ledger = Ledger::assemble(dir, log_path, index)?;
+        let mut ledger = Ledger::assemble(dir, log_path, index, Storage::disk())?;
         ledger.index_unreadable = problem.is_some();
         ledger.index_problem = problem;
         ledger.catch_up(false)?;
         Ok(ledger)
     }
 
+    /// Opens for reading through a private index built from the log, leaving the persistent
+    /// index's files alone (for checks that must write nothing, such as a bundle's before
+    /// its import).
+    pub fn open_private(dir: &Path) -> Result<Ledger> {
+        let log_path = existing_log(dir)?;
+        let mut ledger = Ledger::assemble(dir, log_path, Index::temporary(), Storage::disk())?;
+        ledger.catch_up(false)?;
+        Ok(ledger)
+    }
+
     /// Opens for writing: takes the writer lock, then the index.
     pub fn open_writer(dir: &Path, wait: Wait) -> Result<Ledger> {
-        Ledger::writer(dir, wait, false)
+        Ledger::writer(dir, wait, false, Storage::disk())
+    }
+
+    /// `open_writer`, its durable writes through `storage` (a fault plan, in crash tests).
+    pub fn open_writer_with(dir: &Path, wait: Wait, storage: Storage) -> Result<Ledger> {
+        Ledger::writer(dir, wait, false, storage)
     }
 
     /// Takes the writer lock and rebuilds the index from the log, whatever state the index is
     /// in; returns the number of events indexed. Refuses only a damaged log.
     pub fn reindex(dir: &Path, wait: Wait) -> Result<u64> {
-        let ledger = Ledger::writer(dir, wait, true)?;
+        Ledger::reindex_with(dir, wait, Storage::disk())
+    }
+
+    /// `reindex`, its writes through `storage`.
+    pub fn reindex_with(dir: &Path, wait: Wait, storage: Storage) -> Result<u64> {
+        let ledger = Ledger::writer(dir, wait, true, storage)?;
         ledger.index.flush()?;
         Ok(ledger.writer.as_ref().map_or(0, |(w, _)| w.tail().next_seq))
     }
 
-    fn writer(dir: &Path, wait: Wait, rebuild: bool) -> Result<Ledger> {
+    fn writer(dir: &Path, wait: Wait, rebuild: bool, storage: Storage) -> Result<Ledger> {
         let log_path = existing_log(dir)?;
         let lock = WriterLock::acquire(dir, wait)?;
         let index_path = dir.join(INDEX_DIR);
         // Readers hold the persistent index only for the length of one command.
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut index = loop {
-            match Index::open(&index_path)? {
+            match Index::open(&index_path, &storage)? {
                 OpenIndex::Ready(index) => break index,
                 OpenIndex::Busy if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(50))
@@ -109,39 +150,48 @@ impl Ledger {
                     )))
                 }
                 OpenIndex::Broken(why) => {
-                    // Derived data: set the damaged files aside and rebuild from the log.
+                    // Derived data: set the damaged files aside (only the latest such copy is
+                    // kept) and rebuild from the log.
+                    remove_broken_indexes(dir, &storage)?;
                     let aside = dir.join(format!("{INDEX_DIR}.broken-{}", crate::event::now_ms()));
                     tracing::warn!("{why}; moving it to {} and rebuilding", aside.display());
-                    std::fs::rename(&index_path, &aside).map_err(|e| Error::io(&index_path, e))?;
+                    storage
+                        .rename(&index_path, &aside)
+                        .map_err(|e| Error::io(&index_path, e))?;
                 }
             }
         };
         if rebuild {
             index.clear()?;
         }
-        let mut ledger = Ledger::assemble(dir, log_path, index)?;
-        let tail = ledger.catch_up(true)?;
-        ledger.writer = Some((log::Writer::open(&ledger.log_path, tail)?, lock));
+        let mut ledger = Ledger::assemble(dir, log_path, index, storage)?;
+        let (tail, torn) = ledger.catch_up(true)?;
+        let writer = log::Writer::open(&ledger.log_path, tail, torn, &ledger.storage)?;
+        ledger.writer = Some((writer, lock));
         Ok(ledger)
     }
 
-    fn assemble(dir: &Path, log_path: PathBuf, index: Index) -> Result<Ledger> {
+    fn assemble(dir: &Path, log_path: PathBuf, index: Index, storage: Storage) -> Result<Ledger> {
         let log_file = File::open(&log_path).map_err(|e| Error::io(&log_path, e))?;
         Ok(Ledger {
             dir: dir.to_path_buf(),
-            store: BlobStore::new(dir),
+            store: BlobStore::with_storage(dir, storage.clone()),
             log_path,
             log_file,
             index,
             index_problem: None,
             index_unreadable: false,
             writer: None,
+            storage,
         })
     }
 
-    /// Brings the index up to the end of the log. A writer (`strict`) refuses to build on a
-    /// damaged or truncated log; a reader indexes what it can and warns.
-    fn catch_up(&mut self, strict: bool) -> Result<Tail> {
+    /// Brings the index up to the end of the log; returns the tail after the last good event
+    /// and how many bytes after it are a torn tail. A writer (`strict`) first checks every
+    /// frame the index already covers (checksums and the hash chain: bit rot anywhere in the
+    /// log stops it), then refuses to build on a damaged or truncated log; a reader indexes
+    /// what it can and warns.
+    fn catch_up(&mut self, strict: bool) -> Result<(Tail, u64)> {
         let mut tail = self.index.tail()?;
         if let Err(problem) = self.check_index_tail(tail) {
             if strict {
@@ -152,18 +202,27 @@ impl Ledger {
             self.index = Index::temporary();
             tail = Tail::EMPTY;
         }
+        if strict {
+            log::check_chain(&self.log_path, tail)?;
+        }
         let mut scanner = Scanner::open(&self.log_path, tail)?;
         let mut batch = Vec::new();
+        let mut good = scanner.tail();
+        let mut torn = 0;
         while let Some(frame) = scanner.next() {
             match frame? {
                 Frame::Good(stored) => {
                     batch.push(stored);
+                    good = scanner.tail();
                     if batch.len() >= 8192 {
-                        self.index.apply(&batch, scanner.tail())?;
+                        self.index.apply(&batch, good)?;
                         batch.clear();
                     }
                 }
-                Frame::Torn { .. } => break,
+                Frame::Torn { bytes, .. } => {
+                    torn = bytes;
+                    break;
+                }
                 Frame::Damaged { offset, reason, .. } => {
                     let msg = format!(
                         "{}: event log damaged at byte {offset}: {reason}; run `ledger verify`",
@@ -178,9 +237,8 @@ impl Ledger {
                 }
             }
         }
-        let tail = scanner.tail();
-        self.index.apply(&batch, tail)?;
-        Ok(tail)
+        self.index.apply(&batch, good)?;
+        Ok((good, torn))
     }
 
     /// The index must describe a prefix of this very log.
@@ -209,7 +267,13 @@ impl Ledger {
         };
         match log::read_at(&self.log_file, &self.log_path, last.start) {
             Ok(s) if s.id == last.id && s.id == tail.last_id && s.end == tail.end => Ok(()),
-            _ => Err(truncated()),
+            Ok(_) => Err(truncated()),
+            // The bytes are there but no longer read as the event: damage, not a shorter log.
+            Err(e) => Err(Error::Corrupt(format!(
+                "{}: event #{} is damaged ({e}); writers refuse to build on a damaged log (restore events.log from a copy; `ledger verify` names what is affected)",
+                self.log_path.display(),
+                tail.next_seq - 1
+            ))),
         }
     }
 
@@ -223,6 +287,11 @@ impl Ledger {
 
     pub fn store(&self) -> &BlobStore {
         &self.store
+    }
+
+    /// Where this handle's durable writes go.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
     }
 
     pub fn index(&self) -> &Index {
@@ -431,7 +500,32 @@ fn existing_log(dir: &Path) -> Result<PathBuf> {
             dir.display()
         )));
     }
+    if log::header_state(&log_path)? == log::HeaderState::Unfinished {
+        return Err(Error::NotFound(format!(
+            "{}: the log of an interrupted `ledger init` (it holds no events); run `ledger init` again",
+            log_path.display()
+        )));
+    }
     Ok(log_path)
+}
+
+/// Removes the copies of broken indexes set aside earlier (derived data; the latest one is
+/// about to be set aside, and one copy is enough to look at).
+fn remove_broken_indexes(dir: &Path, storage: &Storage) -> Result<()> {
+    let prefix = format!("{INDEX_DIR}.broken-");
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let old = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(&prefix));
+        if old {
+            storage
+                .remove_dir_all(&path)
+                .map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// A media type from a file name, for humans and tools reading `ledger show`.

@@ -17,6 +17,7 @@ pub mod lock;
 pub mod log;
 pub mod runner;
 pub mod stage;
+pub mod storage;
 pub mod store;
 mod tree;
 pub mod verify;

@@ -38,6 +38,10 @@ pub struct ArtifactInfo {
     pub collected: bool,
     pub provenance: Provenance,
     pub tags: Vec<String>,
+    /// The bundle (its BLAKE3) whose import brought the event that records this artifact,
+    /// when that event is foreign: its provenance is the bundle's claim, not this ledger's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub imported_from: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -53,6 +57,9 @@ pub struct StepNode {
     pub inputs: Vec<(String, String)>,
     pub outputs: Vec<(String, String)>,
     pub metrics: Vec<(String, f64)>,
+    /// The bundle whose import brought this step, when it is foreign.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub imported_from: Option<String>,
 }
 
 impl StepNode {
@@ -77,6 +84,7 @@ impl StepNode {
                 .map(|o| (o.name.clone(), o.hash.to_hex()))
                 .collect(),
             metrics: run.metrics.clone(),
+            imported_from: None,
         }
     }
 }
@@ -105,7 +113,9 @@ fn describe_with(
         .introducer(hash)?
         .ok_or_else(|| Error::NotFound(format!("no artifact {hash} in the ledger")))?;
     let seq = stored.event.seq;
-    let (size, media_type, provenance) = match stored.event.kind {
+    let (kind, bundle) = stored.event.kind.into_claim();
+    let imported_from = bundle.map(|b| b.to_hex());
+    let (size, media_type, provenance) = match kind {
         EventKind::ArtifactAdded(a) => match a.origin {
             Origin::File { path } => (a.size, a.media_type, Provenance::File { path }),
             Origin::Config { path } => (a.size, a.media_type, Provenance::Config { path }),
@@ -122,7 +132,10 @@ fn describe_with(
                 Provenance::Output {
                     seq,
                     output: o.name.clone(),
-                    step: Box::new(StepNode::from_run(seq, &run)),
+                    step: Box::new(StepNode {
+                        imported_from: imported_from.clone(),
+                        ..StepNode::from_run(seq, &run)
+                    }),
                 },
             )
         }
@@ -157,6 +170,7 @@ fn describe_with(
         collected: ledger.index().is_collected(hash)?,
         provenance,
         tags,
+        imported_from,
     })
 }
 
@@ -225,9 +239,12 @@ impl Lineage {
             Provenance::Observation { source, .. } => format!("{source} observation"),
         };
         let missing = if a.stored { "" } else { " [not stored]" };
+        let foreign = a.imported_from.as_deref().map_or(String::new(), |b| {
+            format!(" [imported from bundle {}]", &b[..12])
+        });
         let _ = writeln!(
             out,
-            "{label}{} {} {}{missing}",
+            "{label}{} {} {}{missing}{foreign}",
             &hash[..12],
             what,
             human_size(a.size)

@@ -14,6 +14,7 @@
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::log::Stored;
+use crate::storage::Storage;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
@@ -60,6 +61,7 @@ pub enum Locations {
         path: PathBuf,
         file: File,
         records: u64,
+        storage: Storage,
     },
     /// A private index's table.
     Memory(Vec<Location>),
@@ -68,7 +70,7 @@ pub enum Locations {
 impl Locations {
     /// Opens (or creates) the table at `path`. A file without the header, or shorter than
     /// one, is started afresh: indexing then resumes from the start of the log.
-    pub fn open(path: &Path) -> Result<Locations> {
+    pub fn open(path: &Path, storage: &Storage) -> Result<Locations> {
         let io = |e| Error::io(path, e);
         let file = OpenOptions::new()
             .read(true)
@@ -89,8 +91,8 @@ impl Locations {
                     path.display()
                 );
             }
-            file.set_len(0).map_err(io)?;
-            file.write_all_at(HEADER, 0).map_err(io)?;
+            storage.set_len(&file, path, 0).map_err(io)?;
+            storage.write_all_at(&file, path, HEADER, 0).map_err(io)?;
         }
         // A partial last record (an interrupted write) is simply not counted.
         let records = if intact {
@@ -102,6 +104,7 @@ impl Locations {
             path: path.to_path_buf(),
             file,
             records,
+            storage: storage.clone(),
         })
     }
 
@@ -145,16 +148,19 @@ impl Locations {
                 path,
                 file,
                 records,
+                storage,
             } => {
                 let mut buf = Vec::with_capacity(locations.len() * RECORD as usize);
                 for l in locations {
                     l.encode(&mut buf);
                 }
-                file.write_all_at(&buf, position(first))
+                storage
+                    .write_all_at(file, path, &buf, position(first))
                     .map_err(|e| Error::io(path, e))?;
                 let end = first + locations.len() as u64;
                 if *records > end {
-                    file.set_len(position(end))
+                    storage
+                        .set_len(file, path, position(end))
                         .map_err(|e| Error::io(path, e))?;
                 }
                 *records = end;
@@ -174,9 +180,12 @@ impl Locations {
                 path,
                 file,
                 records,
+                storage,
             } => {
                 if n < *records {
-                    file.set_len(position(n)).map_err(|e| Error::io(path, e))?;
+                    storage
+                        .set_len(file, path, position(n))
+                        .map_err(|e| Error::io(path, e))?;
                     *records = n;
                 }
             }
@@ -187,7 +196,14 @@ impl Locations {
 
     pub fn sync(&self) -> Result<()> {
         match self {
-            Locations::File { path, file, .. } => file.sync_data().map_err(|e| Error::io(path, e)),
+            Locations::File {
+                path,
+                file,
+                storage,
+                ..
+            } => storage
+                .sync_data(file, path)
+                .map_err(|e| Error::io(path, e)),
             Locations::Memory(_) => Ok(()),
         }
     }
@@ -286,7 +302,7 @@ mod tests {
     fn records_survive_reopening_and_a_partial_record_is_not_counted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("locations");
-        let mut t = Locations::open(&path).unwrap();
+        let mut t = Locations::open(&path, &Storage::disk()).unwrap();
         t.write(0, &[at(0), at(1), at(2)]).unwrap();
         t.write(3, &[at(3)]).unwrap();
         // Rewriting events already there (indexing re-applies after a crash) replaces them
@@ -303,7 +319,7 @@ mod tests {
         // An interrupted write left half a record.
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.write_all_at(&[1; 20], position(5)).unwrap();
-        let t = Locations::open(&path).unwrap();
+        let t = Locations::open(&path, &Storage::disk()).unwrap();
         assert_eq!(t.records(), 5);
         assert_eq!(t.get(4).unwrap(), Some(at(4)));
         assert_eq!(t.get(5).unwrap(), None);
@@ -311,7 +327,10 @@ mod tests {
         assert_eq!(all, (0..5).map(at).collect::<Vec<_>>());
         let mut t = t;
         t.truncate(2).unwrap();
-        assert_eq!(Locations::open(&path).unwrap().records(), 2);
+        assert_eq!(
+            Locations::open(&path, &Storage::disk()).unwrap().records(),
+            2
+        );
     }
 
     #[test]
@@ -319,7 +338,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("locations");
         std::fs::write(&path, b"something else entirely, 48 bytes and more of it").unwrap();
-        let t = Locations::open(&path).unwrap();
+        let t = Locations::open(&path, &Storage::disk()).unwrap();
         assert_eq!(t.records(), 0);
         assert_eq!(std::fs::read(&path).unwrap(), HEADER);
     }

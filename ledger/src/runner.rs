@@ -210,19 +210,26 @@ pub fn run(
                     bar.clone(),
                 );
                 let result = stage.execute(&mut ctx);
-                let (outputs, metrics) = ctx.finish();
+                let finished = ctx.finish();
                 let checked = result
                     .map_err(|e| stage_error(&node.id, &node.stage, &e))
-                    .and_then(|()| check_outputs(stage.outputs(), &outputs, &node.id));
-                if let Err(error) = checked {
-                    bar.abandon_with_message("failed");
-                    let status = RunStatus::Failed {
-                        error: error.to_string(),
-                    };
-                    let failed = record(Vec::new(), Vec::new(), status);
-                    ledger.append_one(EventKind::StageRun(failed))?;
-                    return Err(error);
-                }
+                    .and(finished)
+                    .and_then(|(outputs, metrics)| {
+                        check_outputs(stage.outputs(), &outputs, &node.id)?;
+                        Ok((outputs, metrics))
+                    });
+                let (outputs, metrics) = match checked {
+                    Ok(done) => done,
+                    Err(error) => {
+                        bar.abandon_with_message("failed");
+                        let status = RunStatus::Failed {
+                            error: error.to_string(),
+                        };
+                        let failed = record(Vec::new(), Vec::new(), status);
+                        ledger.append_one(EventKind::StageRun(failed))?;
+                        return Err(error);
+                    }
+                };
                 bar.finish_with_message("done");
                 (outputs, metrics, RunStatus::Succeeded, Outcome::Executed)
             }
@@ -259,7 +266,8 @@ fn cached_run(ledger: &Ledger, key: &Hash) -> Result<Option<(u64, StageRun)>> {
     let Some(seq) = ledger.index().action(key)? else {
         return Ok(None);
     };
-    let EventKind::StageRun(run) = ledger.event(seq)?.event.kind else {
+    // A foreign step is in the action index only when its import was trusted.
+    let (EventKind::StageRun(run), _) = ledger.event(seq)?.event.kind.into_claim() else {
         return Ok(None);
     };
     let intact = run.outputs.iter().all(|o| ledger.store().contains(&o.hash));

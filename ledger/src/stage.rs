@@ -9,10 +9,11 @@ use crate::error::{Error, Result};
 use crate::event::{EventKind, Observation, Output};
 use crate::hash::Hash;
 use crate::ledger::Ledger;
-use crate::store::{BlobStore, BlobWriter};
+use crate::store::{BlobStore, BlobWriter, VerifiedBlob};
 use indicatif::ProgressBar;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Copy, Debug)]
 pub struct InputSpec {
@@ -108,6 +109,9 @@ pub enum Mode<'a> {
     },
 }
 
+/// What a stage produced: its outputs (sorted by name) and its metrics.
+pub type Finished = (Vec<Output>, Vec<(String, f64)>);
+
 pub struct StageContext<'a> {
     mode: Mode<'a>,
     /// The experiment config's directory: where relative locations of external sources
@@ -120,6 +124,9 @@ pub struct StageContext<'a> {
     outputs: Vec<Output>,
     metrics: Vec<(String, f64)>,
     progress: ProgressBar,
+    /// Damage found in blobs the stage opened and did not read to the end (see
+    /// `BlobStore::open_verified`): the step fails if there is any.
+    unread_damage: Arc<Mutex<Vec<String>>>,
 }
 
 impl<'a> StageContext<'a> {
@@ -143,6 +150,7 @@ impl<'a> StageContext<'a> {
             outputs: Vec::new(),
             metrics: Vec::new(),
             progress,
+            unread_damage: Arc::default(),
         }
     }
 
@@ -197,12 +205,22 @@ impl<'a> StageContext<'a> {
             .ok_or_else(|| Error::NotFound(format!("stage `{}` has no input `{name}`", self.node)))
     }
 
+    /// A blob's bytes, checked against its address (a damaged blob is an error naming it).
     pub fn read_blob(&self, hash: &Hash) -> Result<Vec<u8>> {
         self.input_store().read(hash)
     }
 
-    pub fn open_blob(&self, hash: &Hash) -> Result<std::fs::File> {
-        self.input_store().open(hash)
+    /// A blob as a stream, checked against its address as it is read: reading past its end
+    /// fails if the bytes were altered, and a stream dropped early is checked then (the step
+    /// fails). A stage never builds an output from bytes that are not what its inputs name.
+    pub fn open_blob(&self, hash: &Hash) -> Result<VerifiedBlob> {
+        self.input_store()
+            .open_verified(hash, Some(self.unread_damage.clone()))
+    }
+
+    /// The size of a stored blob.
+    pub fn blob_size(&self, hash: &Hash) -> Result<u64> {
+        self.input_store().size(hash)
     }
 
     pub fn read_input(&self, name: &str) -> Result<Vec<u8>> {
@@ -263,25 +281,36 @@ impl<'a> StageContext<'a> {
         matches!(self.mode, Mode::Reexecute { .. })
     }
 
-    /// The recorded response to `request`, if there is one (checked against its hash).
+    /// The recorded response to `request`, if there is one (checked against its hash). A
+    /// running stage is answered only by this ledger's own observations (or a trusted
+    /// import's); a replay, which re-derives recorded outputs and records nothing, may also
+    /// use those an imported bundle recorded for its steps.
     pub fn recorded(&self, request: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
         let request_hash = Hash::of(request);
-        let Some(seq) = self.ledger().index().observation(&request_hash)? else {
+        let index = self.ledger().index();
+        let seq = match index.observation(&request_hash)? {
+            Some(seq) => Some(seq),
+            None if self.replaying() => index.foreign_observation(&request_hash)?,
+            None => None,
+        };
+        let Some(seq) = seq else {
             return Ok(None);
         };
-        let crate::event::EventKind::Observation(o) = self.ledger().event(seq)?.event.kind else {
+        let (crate::event::EventKind::Observation(o), _) =
+            self.ledger().event(seq)?.event.kind.into_claim()
+        else {
             return Ok(None);
         };
-        let response = self.input_store().read(&o.response)?;
-        // A recorded answer is only as good as its bytes.
-        if Hash::of(&response) != o.response {
-            anyhow::bail!(
+        // A recorded answer is only as good as its bytes (`read` checks them).
+        match self.input_store().read(&o.response) {
+            Ok(response) => Ok(Some(response)),
+            Err(Error::Corrupt(_)) => anyhow::bail!(
                 "the recorded {} response {} (event #{seq}) is damaged: its bytes no longer match; run `ledger verify`",
                 o.source,
                 o.response.short()
-            );
+            ),
+            Err(e) => Err(e.into()),
         }
-        Ok(Some(response))
     }
 
     pub fn observe(
@@ -313,9 +342,18 @@ impl<'a> StageContext<'a> {
         }
     }
 
-    pub fn finish(self) -> (Vec<Output>, Vec<(String, f64)>) {
+    /// The outputs (by name) and metrics; an error if a blob the stage streamed was damaged
+    /// (found after the stage stopped reading it).
+    pub fn finish(self) -> Result<Finished> {
+        let damage = std::mem::take(&mut *self.unread_damage.lock().expect("not poisoned"));
+        if let Some(first) = damage.first() {
+            return Err(Error::Corrupt(format!(
+                "stage `{}` read a damaged input: {first}",
+                self.node
+            )));
+        }
         let mut outputs = self.outputs;
         outputs.sort_by(|a, b| a.name.cmp(&b.name));
-        (outputs, self.metrics)
+        Ok((outputs, self.metrics))
     }
 }

@@ -3,13 +3,20 @@
 //! Ingest streams its input once, hashing and writing in the same pass into a temp file, then
 //! fsyncs and renames it into place, so a blob is either absent or complete. Hashing runs on its
 //! own thread beside the reads and writes, so ingest costs about one pass over the bytes.
+//!
+//! Every read for a stage is checked against the address it was asked for: `read` rehashes
+//! the bytes it returns, and `open_verified` hashes while it streams and fails at the end of
+//! the blob (naming it) if the bytes were altered, so no output is ever built from rotted
+//! bytes under the original address. Every durable write goes through the ledger's
+//! [`Storage`] seam.
 
 use crate::error::{Error, Result};
 use crate::hash::Hash;
+use crate::storage::{Op, Storage};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 
 const CHUNK: usize = 1 << 20;
 /// Blobs up to this size are rehashed in one read (a hashing thread costs more than it saves).
@@ -19,21 +26,35 @@ const SMALL_BLOB: u64 = 4 << 20;
 pub struct BlobStore {
     objects: PathBuf,
     tmp: PathBuf,
+    storage: Storage,
 }
 
 impl BlobStore {
     pub fn new(dir: &Path) -> BlobStore {
+        BlobStore::with_storage(dir, Storage::disk())
+    }
+
+    /// A store whose durable writes go through `storage` (a fault plan, in crash tests).
+    pub fn with_storage(dir: &Path, storage: Storage) -> BlobStore {
         BlobStore {
             objects: dir.join("objects"),
             tmp: dir.join("tmp"),
+            storage,
         }
     }
 
     pub fn create_dirs(&self) -> Result<()> {
         for d in [&self.objects, &self.tmp] {
-            fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+            self.storage
+                .create_dir_all(d)
+                .map_err(|e| Error::io(d, e))?;
         }
         Ok(())
+    }
+
+    /// Where in-flight blobs are written (never visible as artifacts).
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
     }
 
     pub fn path(&self, hash: &Hash) -> PathBuf {
@@ -55,13 +76,52 @@ impl BlobStore {
         })
     }
 
+    /// A blob's bytes, checked against its address.
     pub fn read(&self, hash: &Hash) -> Result<Vec<u8>> {
         let mut bytes = Vec::new();
         let path = self.path(hash);
         self.open(hash)?
             .read_to_end(&mut bytes)
             .map_err(|e| Error::io(&path, e))?;
+        let actual = Hash::of(&bytes);
+        if actual != *hash {
+            return Err(damaged(hash, &actual, &path));
+        }
         Ok(bytes)
+    }
+
+    /// A reader of a blob that hashes what it streams and fails at the end of the blob if the
+    /// bytes do not hash to `hash`. A reader dropped before the end hashes the rest then, and
+    /// reports damage to `unread_damage` (the stage context's list), so a consumer that stops
+    /// early cannot hide rotted bytes either.
+    pub fn open_verified(
+        &self,
+        hash: &Hash,
+        unread_damage: Option<Arc<Mutex<Vec<String>>>>,
+    ) -> Result<VerifiedBlob> {
+        let file = self.open(hash)?;
+        let path = self.path(hash);
+        let size = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        Ok(VerifiedBlob {
+            file,
+            path,
+            hash: *hash,
+            hasher: blake3::Hasher::new(),
+            size,
+            read: 0,
+            checked: false,
+            unread_damage,
+        })
+    }
+
+    /// The size of a stored blob.
+    pub fn size(&self, hash: &Hash) -> Result<u64> {
+        let path = self.path(hash);
+        Ok(self
+            .open(hash)?
+            .metadata()
+            .map_err(|e| Error::io(&path, e))?
+            .len())
     }
 
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<(Hash, u64)> {
@@ -70,7 +130,10 @@ impl BlobStore {
             return Ok((hash, bytes.len() as u64));
         }
         let mut tmp = self.temp_file()?;
-        tmp.write_all(bytes).map_err(|e| Error::io(tmp.path(), e))?;
+        let path = tmp.path().to_path_buf();
+        self.storage
+            .write_all(tmp.as_file_mut(), &path, bytes)
+            .map_err(|e| Error::io(&path, e))?;
         self.commit(tmp, hash)?;
         Ok((hash, bytes.len() as u64))
     }
@@ -78,7 +141,8 @@ impl BlobStore {
     /// Streams `input` into the store. `what` names the input in error messages.
     pub fn ingest(&self, input: &mut dyn Read, what: &str) -> Result<(Hash, u64)> {
         let tmp = self.temp_file()?;
-        let (hash, size) = hash_and_copy(input, &mut Writeback::new(tmp.as_file()), what)?;
+        let mut out = Writeback::new(tmp.as_file(), tmp.path(), &self.storage);
+        let (hash, size) = hash_and_copy(input, &mut out, what)?;
         if self.contains(&hash) {
             return Ok((hash, size));
         }
@@ -97,6 +161,9 @@ impl BlobStore {
     }
 
     fn temp_file(&self) -> Result<tempfile::NamedTempFile> {
+        self.storage
+            .allow(Op::Create(&self.tmp))
+            .map_err(|e| Error::io(&self.tmp, e))?;
         tempfile::Builder::new()
             .prefix("ingest-")
             .tempfile_in(&self.tmp)
@@ -104,16 +171,22 @@ impl BlobStore {
     }
 
     fn commit(&self, tmp: tempfile::NamedTempFile, hash: Hash) -> Result<()> {
-        tmp.as_file()
-            .sync_all()
+        self.storage
+            .sync_all(tmp.as_file(), tmp.path())
             .map_err(|e| Error::io(tmp.path(), e))?;
         let dest = self.path(&hash);
         let dir = dest.parent().expect("object paths have a parent");
-        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        tmp.persist(&dest).map_err(|e| Error::io(&dest, e.error))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
+        self.storage
+            .create_dir_all(dir)
             .map_err(|e| Error::io(dir, e))?;
+        self.storage
+            .allow(Op::Rename {
+                from: tmp.path(),
+                to: &dest,
+            })
+            .map_err(|e| Error::io(&dest, e))?;
+        tmp.persist(&dest).map_err(|e| Error::io(&dest, e.error))?;
+        self.storage.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
         Ok(())
     }
 
@@ -126,16 +199,18 @@ impl BlobStore {
         let src = from.path(hash);
         let dest = self.path(hash);
         let dir = dest.parent().expect("object paths have a parent");
-        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        fs::rename(&src, &dest).map_err(|e| Error::io(&src, e))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io(dir, e))
+        self.storage
+            .create_dir_all(dir)
+            .map_err(|e| Error::io(dir, e))?;
+        self.storage
+            .rename(&src, &dest)
+            .map_err(|e| Error::io(&src, e))?;
+        self.storage.sync_dir(dir).map_err(|e| Error::io(dir, e))
     }
 
     pub fn remove(&self, hash: &Hash) -> Result<()> {
         let path = self.path(hash);
-        match fs::remove_file(&path) {
+        match self.storage.remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io(&path, e)),
@@ -198,10 +273,13 @@ pub struct BlobWriter {
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.tmp.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
+        let path = self.tmp.path().to_path_buf();
+        self.store
+            .storage
+            .write_all(self.tmp.as_file_mut(), &path, buf)?;
+        self.hasher.update(buf);
+        self.size += buf.len() as u64;
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -227,6 +305,8 @@ impl BlobWriter {
 /// a 1 GiB ingest). Waiting on the window two behind caps the dirty data at about 24 MiB.
 struct Writeback<'a> {
     file: &'a File,
+    path: &'a Path,
+    storage: &'a Storage,
     written: u64,
     submitted: u64,
 }
@@ -234,9 +314,11 @@ struct Writeback<'a> {
 const WRITEBACK_WINDOW: u64 = 8 << 20;
 
 impl<'a> Writeback<'a> {
-    fn new(file: &'a File) -> Self {
+    fn new(file: &'a File, path: &'a Path, storage: &'a Storage) -> Self {
         Writeback {
             file,
+            path,
+            storage,
             written: 0,
             submitted: 0,
         }
@@ -276,14 +358,98 @@ impl<'a> Writeback<'a> {
 
 impl Write for Writeback<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = (&*self.file).write(buf)?;
-        self.written += n as u64;
+        self.storage.write_all(&mut self.file, self.path, buf)?;
+        self.written += buf.len() as u64;
         self.start_writeback();
-        Ok(n)
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
         (&*self.file).flush()
+    }
+}
+
+fn damaged(hash: &Hash, actual: &Hash, path: &Path) -> Error {
+    Error::Corrupt(format!(
+        "blob {hash} is damaged: its bytes hash to {} ({}); run `ledger verify`",
+        actual.short(),
+        path.display()
+    ))
+}
+
+/// A blob opened for a stage: its bytes as they stream, checked against its address (see
+/// [`BlobStore::open_verified`]).
+pub struct VerifiedBlob {
+    file: File,
+    path: PathBuf,
+    hash: Hash,
+    hasher: blake3::Hasher,
+    size: u64,
+    read: u64,
+    checked: bool,
+    unread_damage: Option<Arc<Mutex<Vec<String>>>>,
+}
+
+impl VerifiedBlob {
+    /// The blob's size in bytes.
+    pub fn len(&self) -> u64 {
+        self.size
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    pub fn hash(&self) -> Hash {
+        self.hash
+    }
+
+    /// At the end of the blob: the bytes read must be the blob, whole and unaltered.
+    fn check(&mut self) -> io::Result<()> {
+        self.checked = true;
+        let actual = Hash::from(self.hasher.finalize());
+        if actual != self.hash || self.read != self.size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                damaged(&self.hash, &actual, &self.path).to_string(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Read for VerifiedBlob {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        if n == 0 && !buf.is_empty() && !self.checked {
+            self.check()?;
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for VerifiedBlob {
+    fn drop(&mut self) {
+        if self.checked {
+            return;
+        }
+        let Some(sink) = self.unread_damage.take() else {
+            return;
+        };
+        // The consumer stopped early: hash the rest, so what it did read is vouched for.
+        let mut buf = vec![0u8; CHUNK];
+        let problem = loop {
+            match self.read(&mut buf) {
+                Ok(0) => break None,
+                Ok(_) => {}
+                Err(e) => break Some(e.to_string()),
+            }
+        };
+        if let Some(problem) = problem {
+            sink.lock().expect("not poisoned").push(problem);
+        }
     }
 }
 

@@ -84,6 +84,35 @@ impl Tree {
         Ok(())
     }
 
+    /// Inserts unless the key holds a value that `keep` says stays.
+    pub fn insert_unless(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Result<()> {
+        match self {
+            Tree::Sled(t) => {
+                if let Err(present) = t.compare_and_swap(key, None as Option<&[u8]>, Some(value))? {
+                    if !present.current.as_deref().is_some_and(&keep) {
+                        t.insert(key, value)?;
+                    }
+                }
+            }
+            Tree::Ordered(m) => {
+                if !m.get(key).is_some_and(|v| keep(v)) {
+                    m.insert(key.into(), value.into());
+                }
+            }
+            Tree::Hashed(m) => {
+                if !m.get(key).is_some_and(|v| keep(v)) {
+                    m.insert(key.into(), value.into());
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn remove(&mut self, key: &[u8]) -> Result<()> {
         match self {
             Tree::Sled(t) => {

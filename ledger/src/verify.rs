@@ -75,7 +75,10 @@ impl LogFacts {
                 facts.collected.remove(&h);
             }
         };
-        match &event.kind {
+        // A foreign event counts for what it claims: its blobs must be here, and damage
+        // propagates through its steps like through local ones.
+        let (kind, import) = event.kind.claim();
+        match kind {
             EventKind::ArtifactAdded(a) => introduce(a.hash, self),
             EventKind::RunStarted(r) => {
                 introduce(r.config, self);
@@ -98,8 +101,13 @@ impl LogFacts {
                     ));
                 }
             }
-            EventKind::Collected(c) => self.collected.extend(c.hashes.iter().copied()),
-            EventKind::Tag(_) => {}
+            EventKind::Collected(c) if import.is_none() => {
+                self.collected.extend(c.hashes.iter().copied())
+            }
+            EventKind::Collected(_)
+            | EventKind::Tag(_)
+            | EventKind::Imported(_)
+            | EventKind::Foreign(_) => {}
         }
     }
 }
@@ -382,6 +390,18 @@ pub fn verify(ledger: &Ledger, progress: &ProgressBar) -> Result<VerifyReport> {
                 }
             }
         }
+    }
+
+    // Leftovers of interrupted writers (a killed import leaves its whole staging area).
+    let temps = crate::gc::leftovers(ledger.store().tmp_dir())?;
+    if !temps.is_empty() {
+        let dirs = temps.iter().filter(|t| t.is_dir).count();
+        warnings.push(format!(
+            "{} holds {} files and {dirs} directories ({}): in-flight writes of a running writer, or leftovers of interrupted ones; `ledger gc` removes leftovers",
+            ledger.store().tmp_dir().display(),
+            temps.len() - dirs,
+            crate::lineage::human_size(temps.iter().map(|t| t.bytes).sum())
+        ));
     }
 
     progress.finish_and_clear();

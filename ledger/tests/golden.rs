@@ -228,6 +228,48 @@ fn tag_and_collected() {
 }
 
 #[test]
+fn imported_and_foreign() {
+    assert_golden(
+        EventKind::Imported(Imported {
+            bundle: h(12),
+            root: h(13),
+            path: "b".into(),
+            events: 3,
+            appended: 2,
+            blobs: 1,
+            blobs_added: 0,
+            trusted: false,
+        }),
+        concat!(
+            "06",
+            "0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c",
+            "0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d",
+            "0162",
+            "03020100",
+            "00"
+        ),
+    );
+    assert_golden(
+        EventKind::Foreign(Foreign {
+            bundle: h(12),
+            trusted: true,
+            event: Box::new(EventKind::Tag(Tag {
+                name: "best".into(),
+                target: h(9),
+            })),
+        }),
+        concat!(
+            "07",
+            "0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c",
+            "01",
+            "04",
+            "0462657374",
+            "0909090909090909090909090909090909090909090909090909090909090909"
+        ),
+    );
+}
+
+#[test]
 fn action_key_is_pinned() {
     let config: serde_json::Value = serde_json::from_str(r#"{"b":[1,2.5],"a":"x"}"#).unwrap();
     let canonical = canonical_json(&config);
@@ -250,8 +292,8 @@ fn log_file_layout_is_pinned() {
     use ledger::log::{self, Tail, Writer};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.log");
-    log::create(&path).unwrap();
-    let mut w = Writer::open(&path, Tail::EMPTY).unwrap();
+    log::create(&path, &ledger::storage::Storage::disk()).unwrap();
+    let mut w = Writer::open(&path, Tail::EMPTY, 0, &ledger::storage::Storage::disk()).unwrap();
     let tag = || {
         EventKind::Tag(Tag {
             name: "t".into(),

@@ -24,6 +24,21 @@ pub const SHOWN: usize = 8;
 /// Id fields that key the records of scores and task lists, in order of preference.
 pub const ID_FIELDS: [&str; 2] = ["instance_id", "task_id"];
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Explanations decompress at most this much of a zstd blob: past it (or on a bad stream) the
+/// compressed bytes are compared as they are, so a decompression bomb cannot take the memory.
+const MAX_DECOMPRESSED: u64 = 512 << 20;
+
+fn decompress_bounded(bytes: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::new(bytes)
+        .ok()?
+        .take(MAX_DECOMPRESSED + 1)
+        .read_to_end(&mut out)
+        .ok()?;
+    (out.len() as u64 <= MAX_DECOMPRESSED).then_some(out)
+}
 pub const SAFETENSORS: &str = "application/x-safetensors";
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -198,7 +213,7 @@ pub fn explain_bytes(x: &[u8], y: &[u8], media_type: &str) -> Divergence {
     let (mut x, mut y) = (x.to_vec(), y.to_vec());
     let mut compressed = false;
     if x.starts_with(&ZSTD_MAGIC) && y.starts_with(&ZSTD_MAGIC) {
-        if let (Ok(dx), Ok(dy)) = (zstd::decode_all(&x[..]), zstd::decode_all(&y[..])) {
+        if let (Some(dx), Some(dy)) = (decompress_bounded(&x), decompress_bounded(&y)) {
             (x, y) = (dx, dy);
             compressed = true;
         }

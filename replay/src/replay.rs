@@ -42,6 +42,11 @@ pub struct ReplayOptions {
     /// and compare them with the record, timings normalized. Outputs still come from the
     /// record.
     pub reexecute: bool,
+    /// Where re-executed steps find external sources named by relative paths in their config
+    /// (a git clone). Default: the directory of the run's config as recorded, for this
+    /// ledger's own runs; an empty scratch directory for imported ones (a bundle's recorded
+    /// paths are never used as directories here).
+    pub workdir: Option<PathBuf>,
 }
 
 /// What a step's stage reported about its re-performed actions (`--reexecute`).
@@ -173,8 +178,26 @@ pub fn replay(
         for seq in &chosen {
             let scratch = BlobStore::new(&scratch_dir.path().join(format!("{round}-{seq}")));
             scratch.create_dirs()?;
-            let run = stage_run(ledger, *seq)?;
-            let mut result = reexecute(ledger, registry, *seq, &run, &scratch, options.reexecute)?;
+            let (run, imported_from) = stage_run(ledger, *seq)?;
+            let workdir = match (&options.workdir, imported_from) {
+                (Some(dir), _) => dir.clone(),
+                (None, Some(_)) => {
+                    let empty = scratch_dir.path().join(format!("{round}-{seq}-workdir"));
+                    std::fs::create_dir_all(&empty)?;
+                    empty
+                }
+                (None, None) => recorded_workdir(ledger, &run.run_id)?,
+            };
+            let mut result = reexecute(
+                ledger,
+                registry,
+                *seq,
+                &run,
+                &scratch,
+                &workdir,
+                options.reexecute,
+            )?;
+            result.step.imported_from = imported_from.map(|b| b.to_hex());
             result.round = round;
             for check in result.outputs.iter().filter(|o| o.identical) {
                 let hash = Hash::from_hex(&check.recorded).expect("hex");
@@ -201,10 +224,11 @@ pub fn replay(
     })
 }
 
-fn stage_run(ledger: &Ledger, seq: u64) -> Result<StageRun> {
-    match ledger.event(seq)?.event.kind {
-        EventKind::StageRun(run) => Ok(run),
-        other => bail!("event #{seq} is a {} event, not a stage run", other.name()),
+/// The step recorded at `seq`, and the bundle it was imported with if it is foreign.
+fn stage_run(ledger: &Ledger, seq: u64) -> Result<(StageRun, Option<Hash>)> {
+    match ledger.event(seq)?.event.kind.into_claim() {
+        (EventKind::StageRun(run), bundle) => Ok((run, bundle)),
+        (other, _) => bail!("event #{seq} is a {} event, not a stage run", other.name()),
     }
 }
 
@@ -215,6 +239,7 @@ fn reexecute(
     seq: u64,
     run: &StageRun,
     scratch: &BlobStore,
+    workdir: &Path,
     perform_again: bool,
 ) -> Result<StepReplay> {
     let started = std::time::Instant::now();
@@ -251,7 +276,6 @@ fn reexecute(
             );
         }
     }
-    let workdir = recorded_workdir(ledger, &run.run_id)?;
     let config: serde_json::Value = serde_json::from_str(&run.config)
         .with_context(|| format!("event #{seq} holds a config that is not JSON"))?;
     let mode = if perform_again {
@@ -261,7 +285,7 @@ fn reexecute(
     };
     let mut ctx = StageContext::new(
         mode,
-        &workdir,
+        workdir,
         &run.node,
         config,
         run.seed,
@@ -271,7 +295,7 @@ fn reexecute(
     stage
         .execute(&mut ctx)
         .with_context(|| format!("re-executing step #{seq} ({} `{}`)", run.stage, run.node))?;
-    let (rebuilt, metrics) = ctx.finish();
+    let (rebuilt, metrics) = ctx.finish()?;
     let metric = |name: &str| {
         metrics
             .iter()
@@ -319,8 +343,9 @@ fn reexecute(
     })
 }
 
-/// The directory of the config the run was started from, as the run saw it (relative to the
-/// current directory), which is where external sources such as a git clone are found again.
+/// The directory of the config this ledger's run was started from, as the run saw it
+/// (relative to the current directory), which is where external sources such as a git clone
+/// are found again. (Only a local `RunStarted` counts: see `ReplayOptions::workdir`.)
 fn recorded_workdir(ledger: &Ledger, run_id: &Hash) -> Result<PathBuf> {
     for seq in ledger.index().run_events(run_id)? {
         if let EventKind::RunStarted(r) = ledger.event(seq)?.event.kind {

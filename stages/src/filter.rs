@@ -1,7 +1,8 @@
 //! `filter`: the recipe's collection rules over a `prs` shard. Each rule is a parameter whose
 //! default is the paper's value; every dropped record is counted under the first rule it fails
-//! (`dropped.<reason>` metrics), in this order: not merged, bot author, decontamination,
-//! duplicate (repo, PR), Python-subset file rules, linked-issue comment cap.
+//! (`dropped.<reason>` metrics), in this order: not merged, a commit whose changes the source
+//! no longer has (its sample would show edits that are not all there), bot author,
+//! decontamination, duplicate (repo, PR), Python-subset file rules, linked-issue comment cap.
 //!
 //! The 32,000-token cap is applied by `tokenize`, after rendering, where tokens are counted.
 
@@ -88,8 +89,9 @@ fn swebench_verified() -> Vec<String> {
         .collect()
 }
 
-pub const REASONS: [&str; 8] = [
+pub const REASONS: [&str; 9] = [
     "not_merged",
+    "commit_unavailable",
     "bot_author",
     "decontaminated",
     "duplicate",
@@ -108,6 +110,9 @@ pub fn judge(
 ) -> Option<&'static str> {
     if p.merged_only && !r.merged {
         return Some("not_merged");
+    }
+    if r.commits.iter().any(|c| c.diffs_unavailable) {
+        return Some("commit_unavailable");
     }
     if p.drop_bots && (r.author_type.eq_ignore_ascii_case("bot") || r.author.ends_with("[bot]")) {
         return Some("bot_author");
@@ -155,7 +160,7 @@ impl Stage for Filter {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn description(&self) -> &'static str {
@@ -274,6 +279,12 @@ mod tests {
         let mut unmerged = pr("a/b", 2, &["x.py"]);
         unmerged.merged = false;
         assert_eq!(judge(&unmerged), Some("not_merged"));
+        let mut gone = pr("a/b", 20, &["x.py"]);
+        gone.commits = vec![crate::record::Commit {
+            diffs_unavailable: true,
+            ..Default::default()
+        }];
+        assert_eq!(judge(&gone), Some("commit_unavailable"));
         let mut bot = pr("a/b", 3, &["x.py"]);
         bot.author = "dependabot[bot]".into();
         assert_eq!(judge(&bot), Some("bot_author"));

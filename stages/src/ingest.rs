@@ -135,7 +135,7 @@ impl Stage for Ingest {
             let Some(path) = name.strip_prefix(PREFIX) else {
                 continue;
             };
-            let size = ctx.open_blob(&hash)?.metadata()?.len();
+            let size = ctx.blob_size(&hash)?;
             bytes += size;
             manifest.push(ManifestEntry {
                 path: path.to_string(),

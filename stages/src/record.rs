@@ -54,6 +54,10 @@ pub struct Commit {
     pub author: String,
     pub date: Option<String>,
     pub diffs: Vec<FileChange>,
+    /// The source no longer has this commit's changes (GitHub answered 422 for it): `diffs` is
+    /// empty for that reason, not because the commit changed nothing. Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub diffs_unavailable: bool,
 }
 
 /// A changed file. `status` uses GitHub's words: added, removed, modified, renamed, copied,

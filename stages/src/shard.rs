@@ -4,11 +4,11 @@
 //! shard. Compression runs at a fixed level on one thread, so the bytes (and the hash) depend
 //! only on the records.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use ledger::stage::StageContext;
 use ledger::Hash;
 use serde::{de::DeserializeOwned, Serialize};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 
 pub const MEDIA_TYPE: &str = "application/x-ndjson+zstd";
 const LEVEL: i32 = 9;
@@ -46,22 +46,71 @@ impl ShardWriter {
     }
 }
 
-/// Reads the records of a shard one at a time; `what` names it in errors.
+/// The largest record a shard may hold once decompressed. A reconstructed sample is capped at
+/// 32,000 tokens and a PR record at its files' `max_file_bytes` each, so real records are far
+/// smaller; the bound keeps a decompression bomb (a few KB of zstd expanding to one line of
+/// gigabytes) from taking the machine's memory before it fails.
+pub const MAX_RECORD_BYTES: usize = 64 << 20;
+
+/// Reads the records of a shard one at a time; `what` names it in errors. Every record is
+/// bounded by [`MAX_RECORD_BYTES`]; a blob that is not a zstd stream (an empty one included)
+/// is an error, while a valid stream of no records reads as none.
 pub fn read<T: DeserializeOwned>(
     ctx: &StageContext,
     hash: &Hash,
     what: &str,
 ) -> Result<impl Iterator<Item = Result<T>>> {
+    read_bounded(ctx, hash, what, MAX_RECORD_BYTES)
+}
+
+fn read_bounded<T: DeserializeOwned>(
+    ctx: &StageContext,
+    hash: &Hash,
+    what: &str,
+    max_record: usize,
+) -> Result<impl Iterator<Item = Result<T>>> {
     let file = ctx.open_blob(hash)?;
+    if file.is_empty() {
+        bail!("{what}: an empty blob (0 bytes) is not a zstd stream");
+    }
     let decoder = zstd::Decoder::new(file).with_context(|| format!("{what}: not a zstd stream"))?;
     let what = what.to_string();
-    Ok(BufReader::new(decoder)
-        .lines()
-        .enumerate()
-        .filter(|(_, line)| !matches!(line, Ok(l) if l.trim().is_empty()))
-        .map(move |(i, line)| {
-            let line = line.with_context(|| format!("{what}: reading line {}", i + 1))?;
-            serde_json::from_str(&line)
-                .with_context(|| format!("{what}: line {} is not a valid record", i + 1))
-        }))
+    let mut reader = BufReader::new(decoder);
+    let mut line_no = 0usize;
+    let mut line = Vec::new();
+    let mut done = false;
+    Ok(std::iter::from_fn(move || loop {
+        if done {
+            return None;
+        }
+        line.clear();
+        line_no += 1;
+        let read = (&mut reader)
+            .take(max_record as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("{what}: reading line {line_no}"));
+        match read {
+            Err(e) => {
+                done = true;
+                return Some(Err(e));
+            }
+            Ok(0) => return None,
+            Ok(_) => {}
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        } else if line.len() > max_record {
+            done = true;
+            return Some(Err(anyhow::anyhow!(
+                "{what}: line {line_no} is longer than the {max_record}-byte limit of a record (a damaged or hostile shard)"
+            )));
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        return Some(
+            serde_json::from_slice(&line)
+                .with_context(|| format!("{what}: line {line_no} is not a valid record")),
+        );
+    }))
 }

@@ -184,6 +184,19 @@ impl Stage for Tokenize {
             longest = longest.max(ids.len() as u64);
             kept += 1;
         }
+        if kept == 0 {
+            bail!(
+                "input `samples` gives nothing to train on: {}",
+                if dropped == 0 {
+                    "it holds no samples".to_string()
+                } else {
+                    format!(
+                        "all {dropped} samples are over max_tokens = {}",
+                        p.max_tokens
+                    )
+                }
+            );
+        }
         let seq_len = u64::from(p.seq_len);
         let sequences = n_tokens.div_ceil(seq_len);
         for _ in n_tokens..sequences * seq_len {

@@ -172,6 +172,7 @@ fn widgets(number: u64) -> PrRecord {
                     message: "Split tokenizer out of parse".into(),
                     author: "alice".into(),
                     date: s("2024-03-01T09:00:00Z"),
+                    diffs_unavailable: false,
                     diffs: vec![
                         change("src/parser.py", None, "modified", 3, 2, PATCH_C1_PARSER),
                         change(
@@ -190,6 +191,7 @@ fn widgets(number: u64) -> PrRecord {
                     // No GitHub account linked: the git author name.
                     author: "Alice Liddell".into(),
                     date: s("2024-03-01T09:30:00Z"),
+                    diffs_unavailable: false,
                     diffs: vec![
                         change("tests/test_parser.py", None, "added", 4, 0, PATCH_C2_TESTS),
                         change("src/parser.py", None, "modified", 1, 1, PATCH_C2_PARSER),
@@ -318,6 +320,7 @@ fn widgets(number: u64) -> PrRecord {
                 message: "Bump requests from 2.31.0 to 2.32.0".into(),
                 author: "dependabot[bot]".into(),
                 date: s("2024-03-07T09:59:00Z"),
+                diffs_unavailable: false,
                 diffs: vec![change(
                     "requirements.txt",
                     None,
@@ -354,6 +357,7 @@ fn widgets(number: u64) -> PrRecord {
                 message: "Document the CLI".into(),
                 author: "carol".into(),
                 date: s("2024-03-08T09:00:00Z"),
+                diffs_unavailable: false,
                 diffs: vec![
                     change("docs/cli.md", None, "modified", 1, 1, PATCH_CLI_MD),
                     change("notes.txt", None, "removed", 0, 1, PATCH_NOTES),
@@ -399,6 +403,7 @@ fn widgets(number: u64) -> PrRecord {
                 message: "Return [] for empty input".into(),
                 author: "alice".into(),
                 date: s("2024-03-10T09:00:00Z"),
+                diffs_unavailable: false,
                 diffs: vec![change(
                     "src/parser.py",
                     None,
@@ -451,6 +456,7 @@ fn tools_record() -> PrRecord {
             message: "Add --verbose".into(),
             author: "dave".into(),
             date: s("2024-04-01T09:00:00Z"),
+            diffs_unavailable: false,
             diffs: vec![change("cli.py", None, "modified", 1, 0, PATCH_CLI_PY)],
         }],
         files: vec![change("cli.py", None, "modified", 1, 0, PATCH_CLI_PY)],
@@ -1116,4 +1122,58 @@ fn report_outputs(report: &ledger::runner::RunReport) -> Vec<String> {
         .iter()
         .flat_map(|s| s.outputs.iter().map(|(_, h)| h.clone()))
         .collect()
+}
+
+#[test]
+fn a_commit_github_no_longer_has_costs_its_diffs_not_the_pull_request() {
+    let (_dir, mut ledger) = new_ledger();
+    let mock = MockGithub::start(World::standard(), Some(TOKEN));
+    let gone = format!("/repos/acme/tools/commits/{}", sha("66"));
+    let message = r#"{"message":"No commit found for SHA: 66","documentation_url":"https://docs.github.com/rest/commits/commits#get-a-commit","status":"422"}"#;
+    mock.fault(Fault::status(&gone, 422, &[], message, None));
+    let params = params(&mock, &["acme/tools"]);
+    let (stats, records) = run(&mut ledger, &params);
+    let stats = stats.unwrap();
+    let base = mock.base_url();
+    assert_eq!(
+        stats.skipped,
+        vec![(
+            format!("{base}{gone}?per_page={}", params.per_page),
+            "HTTP 422 Unprocessable Entity: No commit found for SHA: 66".to_string()
+        )]
+    );
+    assert_eq!(stats.commits_unavailable, 1);
+    let mut want = tools_record();
+    want.commits[0].diffs = Vec::new();
+    want.commits[0].diffs_unavailable = true;
+    assert_records(&records, &[want]);
+}
+
+#[test]
+fn a_pull_request_listed_as_merged_whose_detail_says_unmerged_is_skipped_with_a_reason() {
+    let (_dir, mut ledger) = new_ledger();
+    let mock = MockGithub::start(World::standard(), Some(TOKEN));
+    let detail = r#"{"number":1,"title":"Add --verbose flag","body":"Resolves #2","state":"closed",
+        "user":{"login":"dave","id":4,"type":"User"},"created_at":"2024-04-01T10:00:00Z",
+        "merged":false,"merged_at":null,"merge_commit_sha":null,"comments":0,"review_comments":0,
+        "base":{"sha":"6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b"}}"#;
+    mock.fault(Fault::status(
+        "/repos/acme/tools/pulls/1",
+        200,
+        &[],
+        detail,
+        None,
+    ));
+    let params = params(&mock, &["acme/tools"]);
+    let (stats, records) = run(&mut ledger, &params);
+    let stats = stats.unwrap();
+    assert!(records.is_empty(), "{records:?}");
+    assert_eq!(
+        stats.skipped,
+        vec![(
+            format!("{}/repos/acme/tools/pulls/1", mock.base_url()),
+            "PR #1: listed as merged, but its detail says `merged: false` with no `merged_at`"
+                .to_string()
+        )]
+    );
 }

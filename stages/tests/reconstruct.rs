@@ -77,7 +77,7 @@ fn run_in(dir: &Path, records: &[PrRecord], toml_text: &str) -> Run {
         ProgressBar::hidden(),
     );
     Reconstruct.execute(&mut ctx).unwrap();
-    let (outputs, metrics) = ctx.finish();
+    let (outputs, metrics) = ctx.finish().unwrap();
     assert_eq!(outputs.len(), 1);
     assert_eq!(outputs[0].name, "samples");
     assert_eq!(outputs[0].media_type, "application/x-ndjson+zstd");
@@ -230,6 +230,7 @@ fn geometry_pr() -> PrRecord {
                 author: "alice".into(),
                 date: at("2024-03-01T10:00:00Z"),
                 diffs: commit1,
+                diffs_unavailable: false,
             },
             Commit {
                 sha: "2".repeat(40),
@@ -239,6 +240,7 @@ fn geometry_pr() -> PrRecord {
                 // 14:00 UTC: after the review, before the third commit.
                 date: at("2024-03-02T15:00:00+01:00"),
                 diffs: commit2,
+                diffs_unavailable: false,
             },
             Commit {
                 sha: "3".repeat(40),
@@ -246,6 +248,7 @@ fn geometry_pr() -> PrRecord {
                 author: "alice".into(),
                 date: at("2024-03-02T16:00:00Z"),
                 diffs: commit3,
+                diffs_unavailable: false,
             },
         ],
         files: Vec::new(),
@@ -920,7 +923,7 @@ fn llm_enhancement_is_recorded_and_replays_offline_bit_identically() {
     };
     let mut ctx = replay_ctx();
     Reconstruct.execute(&mut ctx).unwrap();
-    let (outputs, _) = ctx.finish();
+    let (outputs, _) = ctx.finish().unwrap();
     assert_eq!(outputs[0].hash, first.hash);
 
     // Tamper with one recorded answer: a replay refuses it and names it, and `verify` names

@@ -370,3 +370,111 @@ pub fn flip_byte(path: &Path, offset: u64) {
     std::fs::set_permissions(path, perm).unwrap();
     std::fs::write(path, bytes).unwrap();
 }
+
+/// Runs git in `repo` with fixed dates and no system config.
+pub fn git(repo: &Path, when: &str, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(repo)
+        .env("GIT_AUTHOR_DATE", when)
+        .env("GIT_COMMITTER_DATE", when)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A small Python project with a merged PR (two commits) and a squash-merged PR.
+pub fn python_repo(l: &Ledger) -> std::path::PathBuf {
+    let repo = l.root.join("proj");
+    std::fs::create_dir_all(&repo).unwrap();
+    let t0 = "2024-03-01T10:00:00Z";
+    git(&repo, t0, &["init", "-q", "-b", "main"]);
+    git(&repo, t0, &["config", "user.name", "Ada"]);
+    git(&repo, t0, &["config", "user.email", "ada@example.com"]);
+    l.write(
+        "proj/calc/ops.py",
+        "def add(a, b):\n    return a - b\n\n\ndef mul(a, b):\n    return a * b\n",
+    );
+    l.write("proj/README.md", "# calc\n");
+    git(&repo, t0, &["add", "-A"]);
+    git(&repo, t0, &["commit", "-q", "-m", "Initial import"]);
+    git(&repo, t0, &["checkout", "-q", "-b", "fix"]);
+    l.write(
+        "proj/calc/ops.py",
+        "def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n    return a * b\n",
+    );
+    git(
+        &repo,
+        "2024-03-02T10:00:00Z",
+        &["commit", "-q", "-am", "Fix add"],
+    );
+    l.write(
+        "proj/tests/test_ops.py",
+        "from calc.ops import add\n\n\ndef test_add():\n    assert add(2, 2) == 4\n",
+    );
+    git(&repo, "2024-03-02T11:00:00Z", &["add", "-A"]);
+    git(
+        &repo,
+        "2024-03-02T11:00:00Z",
+        &["commit", "-q", "-m", "Test add"],
+    );
+    git(&repo, "2024-03-03T10:00:00Z", &["checkout", "-q", "main"]);
+    git(
+        &repo,
+        "2024-03-03T10:00:00Z",
+        &[
+            "merge",
+            "-q",
+            "--no-ff",
+            "fix",
+            "-m",
+            "Merge pull request #7 from ada/fix\n\nMake add add",
+        ],
+    );
+    l.write(
+        "proj/calc/ops.py",
+        "def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n    return a * b\n\n\ndef neg(a):\n    return -a\n",
+    );
+    git(
+        &repo,
+        "2024-03-04T10:00:00Z",
+        &["commit", "-q", "-am", "Add neg (#8)"],
+    );
+    repo
+}
+
+/// collect (git, `proj`) → filter → reconstruct (Python) → tokenize, over `python_repo`.
+pub const PIPELINE_CONFIG: &str = r#"
+[experiment]
+name = "pipeline"
+seed = 3
+
+[[stage]]
+id = "prs"
+uses = "collect"
+source = "git"
+git = { repo = "proj", name = "ada/calc", description = "A calculator" }
+
+[[stage]]
+id = "python"
+uses = "filter"
+inputs = { prs = "prs.prs" }
+
+[[stage]]
+id = "samples"
+uses = "reconstruct"
+inputs = { prs = "python.prs" }
+format = "python"
+
+[[stage]]
+id = "tokens"
+uses = "tokenize"
+inputs = { samples = "samples.samples" }
+vocab_size = 300
+seq_len = 64
+"#;

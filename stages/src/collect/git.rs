@@ -61,6 +61,11 @@ pub struct Fingerprint {
     pub repo_name: String,
     pub rev: String,
     pub commit: String,
+    /// The clone's shallow boundary (`.git/shallow`: commits whose parents it lacks), sorted;
+    /// empty for a full clone. Part of the pin because what can be mined depends on it: the
+    /// same commit fetched deeper is a different action.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shallow: Vec<String>,
 }
 
 pub fn open(workdir: &Path, params: &GitParams) -> Result<gix::Repository> {
@@ -82,10 +87,17 @@ pub fn repo_name(workdir: &Path, params: &GitParams) -> String {
 pub fn fingerprint(workdir: &Path, params: &GitParams) -> Result<Fingerprint> {
     let repo = open(workdir, params)?;
     let id = resolve(&repo, &params.rev)?;
+    let mut shallow: Vec<String> = repo
+        .shallow_commits()
+        .context("reading the clone's shallow file")?
+        .map(|commits| commits.iter().map(|id| id.to_string()).collect())
+        .unwrap_or_default();
+    shallow.sort();
     Ok(Fingerprint {
         repo_name: repo_name(workdir, params),
         rev: params.rev.clone(),
         commit: id.to_string(),
+        shallow,
     })
 }
 
@@ -134,6 +146,13 @@ pub fn collect(
     let graph = history(repo, tip)?;
     let mut order: Vec<ObjectId> = graph.keys().copied().collect();
     order.sort_by_key(|id| (graph[id].time, *id));
+    // A shallow clone's history stops at commits whose parents it lacks: they cannot be
+    // compared with their parent, so a change that needs one of them is left out, counted.
+    let boundary: HashSet<ObjectId> = graph
+        .iter()
+        .filter(|(_, n)| n.parents.iter().any(|p| !graph.contains_key(p)))
+        .map(|(id, _)| *id)
+        .collect();
 
     let mut units: Vec<(u64, Vec<ObjectId>, ObjectId)> = Vec::new(); // (number, commits, head)
     let mut stats = GitStats::default();
@@ -168,6 +187,26 @@ pub fn collect(
             }
         }
     }
+    if !boundary.is_empty() {
+        let before = units.len();
+        units.retain(|(_, commits, head)| {
+            !boundary.contains(head) && commits.iter().all(|c| !boundary.contains(c))
+        });
+        stats.shallow_boundary = (before - units.len()) as u64;
+        let clone = repo.workdir().unwrap_or(repo.path()).display().to_string();
+        if units.is_empty() {
+            bail!(
+                "{clone} is a shallow clone ({} commits reachable, {} of them at its boundary, without their parents):                  nothing in it can be mined as a change. Fetch the history with `git -C {clone} fetch --unshallow` (or clone without --depth)",
+                graph.len(),
+                boundary.len()
+            );
+        }
+        tracing::warn!(
+            "{clone} is a shallow clone: mining the {} changes it holds whole and leaving out {} at its boundary              (`git -C {clone} fetch --unshallow` gives the whole history)",
+            units.len(),
+            stats.shallow_boundary
+        );
+    }
     if let Some(max) = params.max_records {
         let skip = units.len().saturating_sub(max);
         units.drain(..skip);
@@ -189,6 +228,8 @@ pub struct GitStats {
     pub commits: u64,
     pub merge_prs: u64,
     pub squash_prs: u64,
+    /// Changes left out because a shallow clone lacks a parent they need.
+    pub shallow_boundary: u64,
 }
 
 fn history(repo: &gix::Repository, tip: ObjectId) -> Result<HashMap<ObjectId, Node>> {
@@ -305,6 +346,7 @@ fn build_record(
             author: author.name.to_string(),
             date: c.time().ok().map(|t| ledger::event::rfc3339(t.seconds)),
             diffs: changes(repo, parent, *id, params.max_file_bytes)?,
+            diffs_unavailable: false,
         });
     }
     let files = changes(repo, snapshot, tip_of_change, params.max_file_bytes)?;

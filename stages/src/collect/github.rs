@@ -205,6 +205,9 @@ pub struct GithubStats {
     pub repos: u64,
     /// Records handed to the sink.
     pub prs: u64,
+    /// Commits whose own page is gone (e.g. 422: GitHub no longer has the commit): their PR
+    /// is kept, the commit marked `diffs_unavailable` (and `filter` counts it).
+    pub commits_unavailable: u64,
 }
 
 /// Crawls the selected repositories and hands every merged PR to `sink`, in order: repositories
@@ -984,6 +987,13 @@ impl Client<'_, '_> {
         };
         let pull: Pull = resp.json()?;
         if !pull.merged && pull.merged_at.is_none() {
+            // The listing said merged; the detail disagrees. Nothing leaves without a reason.
+            self.stats.skipped.push((
+                resp.url.clone(),
+                format!(
+                    "PR #{number}: listed as merged, but its detail says `merged: false` with no `merged_at`"
+                ),
+            ));
             return Ok(None);
         }
         let Some(files) = self.list::<FileJson>(format!(
@@ -1000,8 +1010,14 @@ impl Client<'_, '_> {
         };
         let mut commits = Vec::with_capacity(commit_list.len());
         for c in &commit_list {
-            let Some(diffs) = self.commit_files(name, &c.sha)? else {
-                return Ok(None);
+            // A commit GitHub no longer serves (its skip is counted by `get`) costs its diffs,
+            // not the pull request: the PR's own file list still says what it changed.
+            let (diffs, diffs_unavailable) = match self.commit_files(name, &c.sha)? {
+                Some(diffs) => (diffs, false),
+                None => {
+                    self.stats.commits_unavailable += 1;
+                    (Vec::new(), true)
+                }
             };
             let author = match &c.author {
                 Some(u) if !u.login.is_empty() => u.login.clone(),
@@ -1018,6 +1034,7 @@ impl Client<'_, '_> {
                 author,
                 date: c.commit.author.as_ref().and_then(|a| a.date.clone()),
                 diffs,
+                diffs_unavailable,
             });
         }
         let comments = if pull.comments == Some(0) {

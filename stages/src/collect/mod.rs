@@ -42,7 +42,7 @@ impl Stage for Collect {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn description(&self) -> &'static str {
@@ -121,6 +121,7 @@ impl Stage for Collect {
                 ctx.metric("commits", stats.commits as f64);
                 ctx.metric("merge_prs", stats.merge_prs as f64);
                 ctx.metric("squash_prs", stats.squash_prs as f64);
+                ctx.metric("shallow_boundary", stats.shallow_boundary as f64);
             }
             Source::Github => {
                 let g = p.github.expect("checked");
@@ -132,6 +133,7 @@ impl Stage for Collect {
                 ctx.metric("http.rate_limit_waits", stats.rate_limit_waits as f64);
                 ctx.metric("http.not_modified", stats.not_modified as f64);
                 ctx.metric("skipped", stats.skipped.len() as f64);
+                ctx.metric("commits_unavailable", stats.commits_unavailable as f64);
                 for (url, reason) in &stats.skipped {
                     tracing::warn!("skipped {url}: {reason}");
                 }

@@ -308,11 +308,19 @@ fn scan_corpus(
     let mut line_no = 0u64;
     loop {
         line.clear();
-        let k = lines
+        let limit = crate::shard::MAX_RECORD_BYTES;
+        let k = (&mut lines)
+            .take(limit as u64 + 1)
             .read_line(&mut line)
             .with_context(|| format!("{what}: reading line {}", line_no + 1))?;
         if k == 0 {
             break;
+        }
+        if !line.ends_with('\n') && line.len() > limit {
+            bail!(
+                "{what}: line {} is longer than the {limit}-byte limit of a record (a damaged or hostile corpus)",
+                line_no + 1
+            );
         }
         line_no += 1;
         let trimmed = line.trim();
