@@ -9,6 +9,7 @@ pub mod grading;
 pub mod image;
 pub mod instance;
 pub mod repo_image;
+pub mod shell;
 pub mod tools;
 
 pub use container::{Container, ContainerSpec, ExecOutput, ExecRequest};

@@ -1,7 +1,7 @@
 mod common;
 
 use env::container::{Container, ContainerSpec};
-use env::grading::{self, GradeOptions, TestStatus};
+use env::grading::{self, GradeOptions, Status, TestStatus};
 use env::instance::TaskInstance;
 use env::tools::{EditorCommand, Tools};
 use std::time::Duration;
@@ -18,9 +18,12 @@ fn start(engine: &env::Engine, test: &str) -> Container {
 fn tiny_repo(c: &Container) -> String {
     let files: &[(&str, &str)] = &[
         ("calc.py", "def add(a, b):\n    return a - b\n\n\ndef mul(a, b):\n    return a * b\n"),
+        // `_version.py` is an ignored build output (as an editable install generates one):
+        // grading must not delete it.
+        (".gitignore", "_version.py\n"),
         (
             "test_calc.py",
-            "import pytest\n\nfrom calc import mul\n\n\ndef test_mul():\n    assert mul(2, 3) == 6\n\n\n\
+            "import pytest\n\nfrom calc import mul\nfrom _version import VERSION\n\n\ndef test_mul():\n    assert mul(2, 3) == 6\n\n\n\
              @pytest.mark.xfail(reason='known')\ndef test_known_bug():\n    assert mul(2, 2) == 5\n",
         ),
         ("README.md", "calc\n"),
@@ -33,6 +36,8 @@ fn tiny_repo(c: &Container) -> String {
         .exec("git init -q && git add -A && git commit -qm base && git rev-parse HEAD")
         .unwrap();
     assert!(r.success(), "{r:?}");
+    c.write_file("/testbed/_version.py", b"VERSION = '1.0'\n", 0o644)
+        .unwrap();
     r.stdout.trim().to_string()
 }
 
@@ -103,9 +108,29 @@ fn grading_a_tiny_python_repo() {
     // The gold patch resolves it; the xfail test counts as passed.
     let gold = grading::evaluate(&c, &inst, GOLD, &opts).unwrap();
     assert!(gold.patch_applied && gold.resolved, "{gold:#?}");
-    assert_eq!(gold.fail_to_pass[0].status, Some(TestStatus::Passed));
-    assert_eq!(gold.pass_to_pass[1].status, Some(TestStatus::Xfail));
+    assert!(gold.harness_resolved);
+    assert_eq!(gold.apply_method.as_deref(), Some("git apply --verbose"));
+    assert_eq!(
+        gold.fail_to_pass[0].status,
+        Some(Status::Known(TestStatus::Passed))
+    );
+    assert_eq!(
+        gold.pass_to_pass[1].status,
+        Some(Status::Known(TestStatus::Xfail))
+    );
     assert!(gold.pass_to_pass[1].passed);
+    // The ignored build output survived the resets.
+    assert!(c.read_file("/testbed/_version.py").unwrap().is_some());
+
+    // A patch whose context no longer matches exactly: `git apply` (plain, --3way and
+    // --reject) refuses it, `patch --fuzz=5` applies it, and the method is recorded.
+    let fuzzy = GOLD.replace(" def mul(a, b):", " def mul(x, y):");
+    let r = grading::evaluate(&c, &inst, &fuzzy, &opts).unwrap();
+    assert!(r.patch_applied && r.resolved, "{r:#?}");
+    assert_eq!(
+        r.apply_method.as_deref(),
+        Some("patch --batch --forward --fuzz=5 -p1 -i")
+    );
 
     // An empty patch is unresolved (nothing to apply).
     let empty = grading::evaluate(&c, &inst, "", &opts).unwrap();
@@ -115,13 +140,20 @@ fn grading_a_tiny_python_repo() {
     // A patch that applies but does not fix the bug: FAIL_TO_PASS fails.
     let wrong = grading::evaluate(&c, &inst, UNRELATED, &opts).unwrap();
     assert!(wrong.patch_applied && !wrong.resolved, "{wrong:#?}");
-    assert_eq!(wrong.fail_to_pass[0].status, Some(TestStatus::Failed));
+    assert_eq!(
+        wrong.fail_to_pass[0].status,
+        Some(Status::Known(TestStatus::Failed))
+    );
     assert!(wrong.pass_to_pass.iter().all(|t| t.passed));
 
     // A patch that does not apply.
     let bad = grading::evaluate(&c, &inst, &GOLD.replace("a - b", "a * b"), &opts).unwrap();
     assert!(!bad.patch_applied && !bad.resolved);
-    assert!(bad.patch_error.unwrap().contains("git apply --check"));
+    let why = bad.patch_error.unwrap();
+    assert!(
+        why.contains("patch --batch"),
+        "the whole cascade was tried: {why}"
+    );
 
     // A PASS_TO_PASS test missing from the log counts as failed.
     let missing = instance(
