@@ -2,7 +2,7 @@
 //! an activated environment and shell variables carry over from one `bash` call to the next.
 //!
 //! The shell is `bash --norc --noprofile` in a single long-lived exec with stdin attached
-//! (no TTY, so stdout and stderr stay apart). Each command is written to its stdin as
+//! and no TTY, so stdout and stderr stay apart. Each command is written to its stdin as
 //! `eval $'<command>' </dev/null` — quoted byte for byte, so no quoting, heredoc or syntax
 //! error can leave the shell waiting for more input, and the command reads no stdin of ours —
 //! followed by an end marker carrying a fresh random nonce and the exit status, on stdout
@@ -73,7 +73,8 @@ pub fn ansi_c_quote(s: &str) -> String {
     out
 }
 
-/// Finds every descendant of `$ROOT` in `/proc` and kills them; prints their pids.
+/// Finds every descendant of `$ROOT` in `/proc` and sends them `$SIG` (and the shell too,
+/// with `$SHELL_TOO`); prints their pids.
 const KILL_DESCENDANTS: &str = r#"declare -A kids
 for s in /proc/[0-9]*/stat; do
   read -r line < "$s" 2>/dev/null || continue
@@ -87,7 +88,8 @@ while [ -n "${todo// /}" ]; do
   set -- $todo; p=$1; shift; todo="$*"
   all="$all $p"; todo="$todo ${kids[$p]}"
 done
-[ -n "${all// /}" ] && kill -KILL $all 2>/dev/null
+[ -n "$SHELL_TOO" ] && kill -"$SIG" "$ROOT" 2>/dev/null
+[ -n "${all// /}" ] && kill -"$SIG" $all 2>/dev/null
 echo "$all"
 "#;
 
@@ -253,6 +255,8 @@ impl<'c> ShellSession<'c> {
         let mut code: Option<i64> = None;
         let mut err_done = false;
         let mut timed_out = false;
+        // 0: running; 1: interrupted; 2: its processes killed.
+        let mut stage = 0u8;
         let mut deadline = t0 + limit;
         let out_tag = format!("\n{marker}");
         let err_tag = format!("\n{marker}\n");
@@ -326,9 +330,15 @@ impl<'c> ShellSession<'c> {
                         self.container.short_id()
                     );
                 }
-                Err(RecvTimeoutError::Timeout) if !timed_out => {
+                Err(RecvTimeoutError::Timeout) if stage == 0 => {
                     timed_out = true;
-                    self.kill_descendants()?;
+                    stage = 1;
+                    self.signal_descendants("INT", false)?;
+                    deadline = Instant::now() + Duration::from_secs(2);
+                }
+                Err(RecvTimeoutError::Timeout) if stage == 1 => {
+                    stage = 2;
+                    self.signal_descendants("KILL", false)?;
                     deadline = Instant::now() + GRACE;
                 }
                 Err(RecvTimeoutError::Timeout) => {
@@ -367,19 +377,23 @@ impl<'c> ShellSession<'c> {
             .and_then(|i| i.exit_code)
     }
 
-    fn kill_descendants(&self) -> anyhow::Result<()> {
+    fn signal_descendants(&self, signal: &str, shell_too: bool) -> anyhow::Result<()> {
         let Some(live) = &self.live else {
             return Ok(());
         };
         let r = self.container.exec_with(
             &ExecRequest {
-                env: vec![format!("ROOT={}", live.pid)],
+                env: vec![
+                    format!("ROOT={}", live.pid),
+                    format!("SIG={signal}"),
+                    format!("SHELL_TOO={}", if shell_too { "1" } else { "" }),
+                ],
                 ..ExecRequest::bash(KILL_DESCENDANTS)
             }
             .as_root()
             .timeout(Duration::from_secs(30)),
         )?;
-        tracing::debug!(killed = %r.stdout.trim(), "timed-out command's processes killed");
+        tracing::debug!(signal, pids = %r.stdout.trim(), "signalled a timed-out command's processes");
         Ok(())
     }
 

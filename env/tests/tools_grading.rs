@@ -147,8 +147,15 @@ fn grading_a_tiny_python_repo() {
     assert!(wrong.pass_to_pass.iter().all(|t| t.passed));
 
     // A patch that does not apply.
-    let bad = grading::evaluate(&c, &inst, &GOLD.replace("a - b", "a * b"), &opts).unwrap();
-    assert!(!bad.patch_applied && !bad.resolved);
+    // A patch that does not apply at any fuzz: its removed line is not in the file.
+    let bad = grading::evaluate(
+        &c,
+        &inst,
+        &GOLD.replace("-    return a - b", "-    return a ** b"),
+        &opts,
+    )
+    .unwrap();
+    assert!(!bad.patch_applied && !bad.resolved, "{bad:#?}");
     let why = bad.patch_error.unwrap();
     assert!(
         why.contains("patch --batch"),
@@ -364,4 +371,72 @@ fn tools_bash_editor_submit() {
     assert!(diff.starts_with("diff --git a/calc.py b/calc.py"), "{diff}");
     let r = t.call("nope", &serde_json::json!({})).unwrap();
     assert!(r.is_error);
+}
+
+/// One shell for the whole rollout, as SWE-agent's: state carries over, a command past its
+/// timeout is killed without losing the session, and a shell that cannot be interrupted or
+/// that exits is replaced (and the observation says so).
+#[test]
+fn bash_keeps_one_shell_session() {
+    let Some(engine) = common::engine() else {
+        return;
+    };
+    let c = start(&engine, "shell");
+    tiny_repo(&c);
+    let mut t = Tools::new(&c, "/testbed");
+    t.bash_timeout = Duration::from_secs(2);
+    let out = |t: &mut Tools, cmd: &str| t.bash(cmd).unwrap();
+
+    assert_eq!(out(&mut t, "pwd").output, "/testbed\n");
+    out(&mut t, "cd /tmp && export GREETING=hello && WHO=world");
+    assert_eq!(
+        out(&mut t, "echo \"$PWD $GREETING $WHO\"").output,
+        "/tmp hello world\n"
+    );
+    // Quoting, heredocs and unbalanced quotes cannot wedge the shell.
+    assert_eq!(
+        out(&mut t, "cat <<'EOF'\nit's $HOME\nEOF").output,
+        "it's $HOME\n"
+    );
+    let r = out(&mut t, "echo 'unterminated");
+    assert!(r.is_error, "{r:?}");
+    assert_eq!(out(&mut t, "echo still $GREETING").output, "still hello\n");
+    // Exit codes and stderr.
+    let r = out(
+        &mut t,
+        "echo out; echo err >&2; exit_code() { return 3; }; exit_code",
+    );
+    assert_eq!((r.exit_code, r.output.as_str()), (Some(3), "out\nerr\n"));
+    // Output without a final newline stays as it is.
+    assert_eq!(out(&mut t, "printf abc").output, "abc");
+    // stdin is not ours: a command reading it sees end of file.
+    assert_eq!(out(&mut t, "cat; echo done").output, "done\n");
+
+    // A command past its timeout is killed, with its children; the session lives on.
+    let r = out(
+        &mut t,
+        "sleep 60 & python3 -c 'import time; time.sleep(30)'",
+    );
+    assert!(
+        r.timed_out && r.output.contains("KeyboardInterrupt"),
+        "{r:?}"
+    );
+    let after = out(&mut t, "echo $PWD $GREETING");
+    assert_eq!(after.output, "/tmp hello\n", "after {r:?}");
+    // The timed-out program is gone (its background sibling was the command's too).
+    let left = c
+        .exec("cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' ' | grep -c 'time[.]sleep(30)' || true")
+        .unwrap();
+    assert_eq!(left.stdout.trim(), "0", "{left:?}");
+
+    // A loop of builtins keeps the shell itself busy: the shell is replaced and says so.
+    let r = out(&mut t, "while :; do :; done");
+    assert!(r.timed_out && r.output.contains("restarted"), "{r:?}");
+    assert_eq!(out(&mut t, "pwd").output, "/testbed\n");
+    out(&mut t, "cd /tmp");
+    // `exit` ends the shell; the next command gets a new one.
+    let r = out(&mut t, "cd /tmp; exit 4");
+    assert_eq!(r.exit_code, Some(4), "{r:?}");
+    assert!(r.output.contains("new shell"), "{r:?}");
+    assert_eq!(out(&mut t, "pwd").output, "/testbed\n");
 }
