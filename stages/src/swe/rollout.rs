@@ -197,6 +197,8 @@ struct RunScore {
     harness_resolved: bool,
     refused: usize,
     parser: String,
+    /// The image it was graded in.
+    environment: String,
     patch: String,
 }
 
@@ -599,16 +601,28 @@ fn instance_image(
         cache.insert(key, img.tag.clone());
         return Ok(img.tag);
     }
+    // The official image, when the engine has it (users with the images run the real
+    // benchmark); else the instance's own `image` (an offline-built environment).
+    let official = env::offline::official_image(&inst.instance_id);
+    if env::image::image_id(engine, &official)?.is_some() {
+        return Ok(official);
+    }
     inst.extra
         .get("image")
         .and_then(|v| v.as_str())
         .map(str::to_string)
         .ok_or_else(|| {
             anyhow!(
-                "{}: neither `environment` nor `image` says where it runs",
+                "{}: the engine has no official image {official}, and neither `environment` nor `image` says where else it runs",
                 inst.instance_id
             )
         })
+}
+
+/// Whether `image` is an official SWE-bench image (conda env `testbed` under
+/// `/opt/miniconda3`, repository in `/testbed`, used as root).
+fn is_official(image: &str) -> bool {
+    image.starts_with("swebench/sweb.eval.")
 }
 
 /// Puts the container at the instance's `base_commit`. Untracked files go, ignored ones
@@ -676,6 +690,9 @@ fn one_rollout(
             return Ok(None);
         };
         let mut spec = env::ContainerSpec::new(image);
+        if is_official(image) {
+            spec.user = "root".into();
+        }
         spec.cpus = p.cpus;
         spec.memory_bytes = p.memory_mb << 20;
         spec.exec_timeout = Duration::from_secs(p.command_timeout_secs);
@@ -719,6 +736,9 @@ fn one_rollout(
             }
             let mut tools = container.as_ref().map(|c| {
                 let mut t = Tools::new(c, "/testbed");
+                if image.as_deref().is_some_and(is_official) {
+                    t.set_shell_init(vec![env::offline::OFFICIAL_SHELL_INIT.to_string()]);
+                }
                 t.bash_timeout = Duration::from_secs(p.command_timeout_secs);
                 t.max_observation_chars = p.max_observation_chars;
                 t
@@ -842,6 +862,13 @@ fn one_rollout(
     // Grading, in a fresh container.
     let container = start("grade")?;
     let mut g = Session::new(rec, format!("{label}/grade"), container.as_ref());
+    // Which environment graded it (the official image, or an offline-built one) is part of
+    // the record, and of every later action's key.
+    let environment: String = g.act(
+        "environment",
+        serde_json::json!({"image_for": inst.instance_id}),
+        || Ok(image.clone().unwrap_or_default()),
+    )?;
     let opts = GradeOptions {
         test_cmd: test_cmd(inst)?,
         parser: match &p.log_parser {
@@ -849,6 +876,11 @@ fn one_rollout(
             None => Some(env::grading::instance_parser(inst)?),
         },
         test_timeout: Duration::from_secs(p.test_timeout_secs),
+        prelude: if image.as_deref().is_some_and(is_official) {
+            vec![env::offline::OFFICIAL_SHELL_INIT.to_string()]
+        } else {
+            Vec::new()
+        },
         ..GradeOptions::default()
     };
     let setup = setup_script(inst)?;
@@ -897,6 +929,7 @@ fn one_rollout(
             .graded
             .as_ref()
             .map_or_else(String::new, |g| g.parser.name().to_string()),
+        environment,
         patch,
     };
     Ok((record, score))
