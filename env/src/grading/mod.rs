@@ -224,7 +224,15 @@ pub fn grade_output(
                 } else {
                     harness::pass_to_pass_outcome(name, map, eval_type)
                 };
-                let refused = strict::refuse(parser, regions.as_ref(), map, key, outcome, marker);
+                let refused = strict::refuse(
+                    parser,
+                    regions.as_ref(),
+                    &eval.parsed,
+                    map,
+                    key,
+                    outcome,
+                    marker,
+                );
                 TestOutcome {
                     name: name.clone(),
                     status: key.and_then(|k| map.status(k)).cloned(),

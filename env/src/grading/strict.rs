@@ -12,6 +12,10 @@
 //! - `uncounted_status`: a FAIL_TO_PASS / PASS_TO_PASS test whose status is no status word
 //!   (`PASSEDx`): the harness leaves it out of both counts, so an instance whose tests all
 //!   read that way scores full; here it fails.
+//! - `malformed_line`: in a pytest log, a pass read from a line on which the status word is no
+//!   word of its own (`PASSEDx tests/t.py::test_fix` is a pass to seaborn's parser).
+//! - `later_failure`: in a pytest log, a pass followed by a `FAILED` / `ERROR` line for the
+//!   same test id (which a parser may have cut at ` - ` or a space and missed).
 //! - `marker_in_output`: the test output itself holds one of the harness's log markers
 //!   (`>>>>> Test Exit Code: 0`, `>>>>> End Test Output`, ...), which steer the harness's
 //!   reading of the log (the first exit code wins; the end marker cuts the log short).
@@ -20,7 +24,7 @@
 //! tests run, or a complete forged summary printed after pytest's own, reads like pytest's.
 
 use super::harness::{Outcome, MARKERS};
-use super::parsers::LogParser;
+use super::parsers::{py_isspace, py_split, LogParser};
 use super::StatusMap;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -32,6 +36,8 @@ pub enum Refusal {
     CapturedOutput,
     AfterSummary,
     UncountedStatus,
+    MalformedLine,
+    LaterFailure,
     MarkerInOutput,
 }
 
@@ -41,6 +47,8 @@ impl Refusal {
             Refusal::CapturedOutput => "captured_output",
             Refusal::AfterSummary => "after_summary",
             Refusal::UncountedStatus => "uncounted_status",
+            Refusal::MalformedLine => "malformed_line",
+            Refusal::LaterFailure => "later_failure",
             Refusal::MarkerInOutput => "marker_in_output",
         }
     }
@@ -118,10 +126,11 @@ impl PytestRegions {
 }
 
 /// The refusal, if any, of one FAIL_TO_PASS / PASS_TO_PASS test the harness counted as
-/// `outcome` with the status-map entry `key`.
+/// `outcome` with the status-map entry `key`, parsed from `text`.
 pub fn refuse(
     parser: LogParser,
     regions: Option<&PytestRegions>,
+    text: &str,
     map: &StatusMap,
     key: Option<&str>,
     outcome: Outcome,
@@ -134,11 +143,33 @@ pub fn refuse(
             if output_has_marker {
                 return Some(Refusal::MarkerInOutput);
             }
-            let entry = key.and_then(|k| map.get(k))?;
+            let key = key?;
+            let entry = map.get(key)?;
             if !entry.status.is_pass() || !parser.is_pytest_family() {
                 return None;
             }
-            regions.and_then(|r| r.distrust(entry.line))
+            if let Some(r) = regions.and_then(|r| r.distrust(entry.line)) {
+                return Some(r);
+            }
+            let lines: Vec<&str> = text.split('\n').collect();
+            let word = entry.status.to_string();
+            let deciding = lines
+                .get(entry.line)
+                .map(|l| strip_ansi(l))
+                .unwrap_or_default();
+            if !py_split(&deciding).contains(&word.as_str()) {
+                return Some(Refusal::MalformedLine);
+            }
+            let later_failure = lines.iter().skip(entry.line + 1).any(|l| {
+                let l = strip_ansi(l);
+                let rest = l
+                    .strip_prefix("FAILED ")
+                    .or_else(|| l.strip_prefix("ERROR "))
+                    .map(|r| r.trim_start_matches(py_isspace));
+                rest.and_then(|r| r.strip_prefix(key))
+                    .is_some_and(|after| after.is_empty() || after.starts_with(py_isspace))
+            });
+            later_failure.then_some(Refusal::LaterFailure)
         }
     }
 }
