@@ -199,3 +199,77 @@ mod tests {
         );
     }
 }
+
+/// Test id → status of `instance`'s tests in a fresh container from `image`, after
+/// applying `patches` in order.
+pub fn statuses_with(
+    engine: &Engine,
+    image: &str,
+    instance: &crate::instance::TaskInstance,
+    patches: &[&str],
+    timeout: Duration,
+) -> anyhow::Result<crate::grading::StatusMap> {
+    let mut spec = ContainerSpec::new(image);
+    spec.rollout_timeout = timeout + Duration::from_secs(300);
+    let c = Container::start(engine, spec)?;
+    for (i, p) in patches.iter().enumerate() {
+        let mut p = p.to_string();
+        if !p.ends_with('\n') {
+            p.push('\n');
+        }
+        let path = format!("/tmp/davinci-validate-{i}.patch");
+        c.write_file(&path, p.as_bytes(), 0o644)?;
+        let r =
+            c.exec_with(&ExecRequest::bash(&format!("git apply -v {path}")).workdir("/testbed"))?;
+        if !r.success() {
+            bail!(
+                "{}: patch {i} does not apply in {image}: {}",
+                instance.instance_id,
+                r.combined().trim()
+            );
+        }
+    }
+    let cmd = crate::grading::instance_test_cmd(instance);
+    let r = c.exec_with(
+        &ExecRequest::bash(&format!("{{ {cmd}\n}} 2>&1"))
+            .workdir("/testbed")
+            .timeout(timeout),
+    )?;
+    if r.timed_out {
+        bail!("{}: `{cmd}` timed out in {image}", instance.instance_id);
+    }
+    let parser = crate::grading::instance_parser(instance)?;
+    Ok(parser.parse(&r.combined())?)
+}
+
+/// FAIL_TO_PASS and PASS_TO_PASS by SWE-bench's validation rule: tests that do not pass with
+/// the test patch alone and pass with the gold patch too, and tests that pass with both, in
+/// the log's order.
+pub fn derive_lists(
+    engine: &Engine,
+    image: &str,
+    instance: &crate::instance::TaskInstance,
+    timeout: Duration,
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let before = statuses_with(engine, image, instance, &[&instance.test_patch], timeout)?;
+    let after = statuses_with(
+        engine,
+        image,
+        instance,
+        &[&instance.patch, &instance.test_patch],
+        timeout,
+    )?;
+    let passes = |m: &crate::grading::StatusMap, k: &str| m.status(k).is_some_and(|s| s.is_pass());
+    let mut f2p = Vec::new();
+    let mut p2p = Vec::new();
+    for (k, _) in after.iter() {
+        if passes(&after, k) {
+            if passes(&before, k) {
+                p2p.push(k.clone());
+            } else {
+                f2p.push(k.clone());
+            }
+        }
+    }
+    Ok((f2p, p2p))
+}

@@ -845,42 +845,6 @@ fn grading_parity_with_the_official_harness() {
 // ------------------------------------------------------------------------------------------
 // the three real instances
 
-/// Test id → status of the instance's tests at the offline base with `patches` applied.
-fn statuses_with(
-    engine: &Engine,
-    img: &OfflineImage,
-    inst: &TaskInstance,
-    patches: &[&str],
-) -> env::grading::StatusMap {
-    let c = container(engine, &img.tag, "validate");
-    for (i, p) in patches.iter().enumerate() {
-        let mut p = p.to_string();
-        if !p.ends_with('\n') {
-            p.push('\n');
-        }
-        c.write_file(&format!("/tmp/v{i}.patch"), p.as_bytes(), 0o644)
-            .unwrap();
-        let r = c
-            .exec_with(
-                &ExecRequest::bash(&format!("git apply -v /tmp/v{i}.patch")).workdir("/testbed"),
-            )
-            .unwrap();
-        assert!(r.success(), "{}: {r:?}", inst.instance_id);
-    }
-    let cmd = env::grading::instance_test_cmd(inst);
-    let r = c
-        .exec_with(
-            &ExecRequest::bash(&format!("{{ {cmd}\n}} 2>&1"))
-                .workdir("/testbed")
-                .timeout(Duration::from_secs(900)),
-        )
-        .unwrap();
-    env::grading::instance_parser(inst)
-        .unwrap()
-        .parse(&r.combined())
-        .unwrap()
-}
-
 #[test]
 fn real_instances_offline() {
     let (Some(dir), Some(engine)) = (shared(), engine()) else {
@@ -914,20 +878,8 @@ fn real_instances_offline() {
 
         // The validation rule: FAIL_TO_PASS fail with the test patch alone and pass with the
         // gold patch too; PASS_TO_PASS pass with both.
-        let before = statuses_with(&engine, &img, &inst, &[&inst.test_patch]);
-        let after = statuses_with(&engine, &img, &inst, &[&inst.patch, &inst.test_patch]);
-        let passes =
-            |m: &env::grading::StatusMap, k: &str| m.status(k).is_some_and(|s| s.is_pass());
-        let f2p: Vec<String> = after
-            .iter()
-            .map(|(k, _)| k.clone())
-            .filter(|k| passes(&after, k) && !passes(&before, k))
-            .collect();
-        let p2p: Vec<String> = after
-            .iter()
-            .map(|(k, _)| k.clone())
-            .filter(|k| passes(&after, k) && passes(&before, k))
-            .collect();
+        let (f2p, p2p) =
+            env::offline::derive_lists(&engine, &img.tag, &inst, Duration::from_secs(900)).unwrap();
         assert!(
             !f2p.is_empty(),
             "{}: no FAIL_TO_PASS derived",
