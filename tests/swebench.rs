@@ -165,7 +165,7 @@ fn real_instances_through_rollout_and_replay() {
     let l = Ledger::init();
     l.write(
         "data/verified-offline.json",
-        &serde_json::to_vec_pretty(&dataset).unwrap(),
+        serde_json::to_vec_pretty(&dataset).unwrap(),
     );
     let config = l.config(
         "swebench.toml",

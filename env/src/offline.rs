@@ -189,17 +189,6 @@ pub fn official_image(instance_id: &str) -> String {
 pub const OFFICIAL_SHELL_INIT: &str =
     "source /opt/miniconda3/bin/activate && conda activate testbed";
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn official_image_names() {
-        assert_eq!(
-            super::official_image("django__django-16569"),
-            "swebench/sweb.eval.x86_64.django_1776_django-16569:latest"
-        );
-    }
-}
-
 /// Test id → status of `instance`'s tests in a fresh container from `image`, after
 /// applying `patches` in order.
 pub fn statuses_with(
@@ -272,4 +261,15 @@ pub fn derive_lists(
         }
     }
     Ok((f2p, p2p))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn official_image_names() {
+        assert_eq!(
+            super::official_image("django__django-16569"),
+            "swebench/sweb.eval.x86_64.django_1776_django-16569:latest"
+        );
+    }
 }
