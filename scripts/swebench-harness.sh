@@ -7,9 +7,6 @@ cd "$(dirname "$0")/.."
 venv="${SWEBENCH_HARNESS_VENV:-$PWD/target/swebench-5.0.2}"
 if ! "$venv/bin/python" -c 'import sys, swebench; sys.exit(swebench.__version__ != "5.0.2")' >/dev/null 2>&1; then
     echo "swebench-harness: installing swebench==5.0.2 into $venv" >&2
-    if ! python3 -m venv --help >/dev/null 2>&1; then
-        apt-get install -y -qq --no-install-recommends python3-venv >&2
-    fi
     rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check swebench==5.0.2 >&2

@@ -1,7 +1,8 @@
 //! Real SWE-bench Verified instances through the real binary: flask-5014, django-16569 and
 //! sympy-24539 from `../shared/reference/swebench`, in offline environments built from their
 //! PyPI releases (gold and test patches reverse-applied; see `env::offline`), brought in as a
-//! JSON task file by the `swebench` stage. Gold resolves 3/3, the empty patch 0/3, the
+//! JSON task file by the `swebench` stage. FAIL_TO_PASS / PASS_TO_PASS are derived by the
+//! validation rule and must equal the official lists where the file gives them. Gold resolves 3/3, the empty patch 0/3, the
 //! scripted policy resolves them through the editor, and `ledger replay` of the scores and
 //! trajectories is bit-identical with no engine reachable. Also: a 13-gram leak check of the
 //! D_ctx corpus (this repository's history through collect → filter → reconstruct) against
@@ -142,6 +143,39 @@ fn real_instances_through_rollout_and_replay() {
                     .collect::<Vec<_>>()
             })
         };
+        let sorted = |v: &[String]| {
+            let mut v = v.to_vec();
+            v.sort();
+            v
+        };
+        for (name, derived) in [("FAIL_TO_PASS", &f2p), ("PASS_TO_PASS", &p2p)] {
+            match official(&format!("official_{name}")) {
+                Some(o) => {
+                    println!(
+                        "{} {name}: derived {} / official {}",
+                        inst.instance_id,
+                        derived.len(),
+                        o.len()
+                    );
+                    assert_eq!(
+                        sorted(derived),
+                        sorted(&o),
+                        "{} {name}: derived by the validation rule",
+                        inst.instance_id
+                    );
+                }
+                None => println!(
+                    "{} {name}: derived {} (no official list given)",
+                    inst.instance_id,
+                    derived.len()
+                ),
+            }
+        }
+        assert!(
+            !f2p.is_empty(),
+            "{}: no FAIL_TO_PASS derived",
+            inst.instance_id
+        );
         let f2p = official("official_FAIL_TO_PASS").unwrap_or(f2p);
         let p2p = official("official_PASS_TO_PASS").unwrap_or(p2p);
         let o = v.as_object_mut().unwrap();

@@ -10,14 +10,11 @@
 //!   statuses, the harness's maps, counts and resolution must agree; the only allowed
 //!   difference is a documented refusal of a pass (harness resolved, here not). Prints the
 //!   table (`bench/swebench_parity.sh`).
-//! - `real_instances_offline`: flask-5014, django-16569 and sympy-24539 from
-//!   `../shared/reference/swebench` on their PyPI releases with the gold and test patches
-//!   reverse-applied: FAIL_TO_PASS / PASS_TO_PASS derived by the validation rule and compared
-//!   with the official lists, gold resolves 3/3, the empty patch 0/3.
 //!
-//! Both need a Docker engine (skipped without one unless `LEDGER_REQUIRE_DOCKER` is set),
-//! `../shared` (skipped when absent: a fresh clone has none), and the first the harness
-//! venv (skipped without it unless `SWEBENCH_REQUIRE_HARNESS` is set).
+//! It needs a Docker engine (skipped without one unless `LEDGER_REQUIRE_DOCKER` is set),
+//! `../shared` (skipped when absent: a fresh clone has none) and the harness venv (skipped
+//! without it unless `SWEBENCH_REQUIRE_HARNESS` is set). The three real instances run
+//! through the binary in `tests/swebench.rs`.
 
 #[path = "swebench/pins.rs"]
 mod pins;
@@ -25,7 +22,6 @@ mod pins;
 use env::grading::harness::{self, EvalType, Outcome};
 use env::grading::parsers::LogParser;
 use env::grading::{grade_output, Graded};
-use env::instance::TaskInstance;
 use env::offline::{ensure_offline_image, OfflineImage, OfflineSpec};
 use env::{Container, ContainerSpec, Engine, ExecRequest};
 use stages::pypi::PypiFile;
@@ -92,25 +88,6 @@ fn fetch(f: &PypiFile) -> Vec<u8> {
     let bytes = std::fs::read(&path).unwrap();
     f.check(&bytes).unwrap();
     bytes
-}
-
-/// The three real instances, lists from the file's `official_*` fields (empty where null).
-fn offline_instances(dir: &std::path::Path) -> Vec<(TaskInstance, serde_json::Value)> {
-    std::fs::read_to_string(dir.join("offline_instances.jsonl"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let o = v.as_object_mut().unwrap();
-            // Derived below by the validation rule; the official lists stay in `official_*`.
-            for k in ["FAIL_TO_PASS", "PASS_TO_PASS"] {
-                o.insert(k.into(), serde_json::json!([]));
-            }
-            let inst = env::instance::parse_instance(&v.to_string()).unwrap();
-            (inst, v)
-        })
-        .collect()
 }
 
 /// The offline environment of one of the three (`repo` picks the pins).
@@ -840,110 +817,4 @@ fn grading_parity_with_the_official_harness() {
         "the adversarial corpus should fool the harness somewhere, or it tests nothing"
     );
     assert!(real >= 60, "{real} real logs");
-}
-
-// ------------------------------------------------------------------------------------------
-// the three real instances
-
-#[test]
-fn real_instances_offline() {
-    let (Some(dir), Some(engine)) = (shared(), engine()) else {
-        return;
-    };
-    let mut gold_resolved = 0;
-    let mut empty_resolved = 0;
-    for (mut inst, raw) in offline_instances(&dir) {
-        // The offline test command where the release lacks the official one's runner.
-        let official_cmd = raw["test_cmd"].as_str().unwrap().to_string();
-        let cmd = if inst.repo == "sympy/sympy" {
-            let file = env::grading::specs::test_directives(&inst.repo, &inst.test_patch).join(" ");
-            format!("PYTHONWARNINGS='ignore::UserWarning,ignore::SyntaxWarning' python3 -c \"import sympy; sympy.test('{file}', verbose=True)\"")
-        } else {
-            // The harness's command for the repository and version is the official one.
-            assert_eq!(
-                env::grading::instance_test_cmd(&inst),
-                official_cmd,
-                "{}",
-                inst.instance_id
-            );
-            official_cmd.clone()
-        };
-        inst.extra.insert("test_cmd".into(), cmd.into());
-        let img = build(
-            &engine,
-            &inst.repo,
-            vec![inst.patch.as_str(), inst.test_patch.as_str()],
-        );
-        inst.base_commit = img.commit.clone();
-
-        // The validation rule: FAIL_TO_PASS fail with the test patch alone and pass with the
-        // gold patch too; PASS_TO_PASS pass with both.
-        let (f2p, p2p) =
-            env::offline::derive_lists(&engine, &img.tag, &inst, Duration::from_secs(900)).unwrap();
-        assert!(
-            !f2p.is_empty(),
-            "{}: no FAIL_TO_PASS derived",
-            inst.instance_id
-        );
-        let sorted = |v: &[String]| {
-            let mut v = v.to_vec();
-            v.sort();
-            v
-        };
-        for (name, derived) in [("FAIL_TO_PASS", &f2p), ("PASS_TO_PASS", &p2p)] {
-            match raw[format!("official_{name}")].as_array() {
-                Some(official) => {
-                    let official: Vec<String> = official
-                        .iter()
-                        .map(|v| v.as_str().unwrap().to_string())
-                        .collect();
-                    println!(
-                        "{} {name}: derived {} / official {}: {}",
-                        inst.instance_id,
-                        derived.len(),
-                        official.len(),
-                        if sorted(derived) == sorted(&official) {
-                            "equal"
-                        } else {
-                            "DIFFERENT"
-                        }
-                    );
-                    assert_eq!(
-                        sorted(derived),
-                        sorted(&official),
-                        "{} {name}",
-                        inst.instance_id
-                    );
-                }
-                None => println!(
-                    "{} {name}: derived {} (no official list here)",
-                    inst.instance_id,
-                    derived.len()
-                ),
-            }
-        }
-        inst.fail_to_pass = f2p;
-        inst.pass_to_pass = p2p;
-
-        // Gold resolves, the empty patch does not, both as the harness grades.
-        let opts = env::grading::GradeOptions {
-            test_timeout: Duration::from_secs(900),
-            ..Default::default()
-        };
-        let c = container(&engine, &img.tag, "grade");
-        let gold = env::grading::evaluate(&c, &inst, &inst.patch, &opts).unwrap();
-        assert!(gold.harness_resolved == gold.resolved, "{gold:#?}");
-        println!(
-            "{}: gold resolved={} via {:?}",
-            inst.instance_id, gold.resolved, gold.apply_method
-        );
-        gold_resolved += gold.resolved as usize;
-        let empty = env::grading::evaluate(&c, &inst, "", &opts).unwrap();
-        empty_resolved += empty.resolved as usize;
-    }
-    assert_eq!(
-        (gold_resolved, empty_resolved),
-        (3, 0),
-        "gold 3/3 and empty 0/3"
-    );
 }

@@ -176,6 +176,9 @@ pub struct RolloutRecord {
     pub steps: usize,
     pub tokens: usize,
     pub patch: String,
+    /// The grading cascade step that applied the patch (none: it did not apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_method: Option<String>,
     pub messages: Vec<ChatMessage>,
 }
 
@@ -911,6 +914,7 @@ fn one_rollout(
         steps,
         tokens,
         patch: patch.clone(),
+        apply_method: report.apply_method.clone(),
         messages,
     };
     let score = RunScore {

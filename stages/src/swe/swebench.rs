@@ -123,3 +123,43 @@ impl Stage for SweBench {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The config users with the official images run validates: stages, inputs, params.
+    #[test]
+    fn the_verified_config_validates() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../configs/swebench-verified.toml");
+        let exp = ledger::config::Experiment::load(&path, &crate::registry())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let stages: Vec<(&str, &str)> = exp
+            .nodes
+            .iter()
+            .map(|n| (n.id.as_str(), n.stage.as_str()))
+            .collect();
+        assert_eq!(
+            stages,
+            [
+                ("verified", "swebench"),
+                ("gold", "rollout"),
+                ("empty", "rollout"),
+                ("agent", "rollout")
+            ]
+        );
+        let agent = &exp.nodes[3].config;
+        assert_eq!(
+            (agent["runs"].as_u64(), agent["step_limit"].as_u64()),
+            (Some(4), Some(100))
+        );
+    }
+
+    #[test]
+    fn datasets_must_be_task_files() {
+        use ledger::stage::Stage;
+        let mut t = toml::Table::new();
+        t.insert("dataset".into(), "tasks.csv".into());
+        let e = super::SweBench.check(t).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("dataset"));
+    }
+}
