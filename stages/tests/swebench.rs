@@ -686,7 +686,7 @@ fn grading_parity_with_the_official_harness() {
     assert_eq!(verdicts.len(), cases.len());
 
     // Row: (source, parser) → logs, cases, agree, refused (deliberate), differ, FP here, FP harness.
-    let mut rows: BTreeMap<(String, String), [usize; 6]> = BTreeMap::new();
+    let mut rows: BTreeMap<(String, String), [usize; 7]> = BTreeMap::new();
     let mut differences = Vec::new();
     let mut false_positives = Vec::new();
     let mut logs_seen = std::collections::BTreeSet::new();
@@ -700,6 +700,7 @@ fn grading_parity_with_the_official_harness() {
         let row = rows.entry(key).or_default();
         if logs_seen.insert((c.log, c.parser.name())) {
             row[0] += 1;
+            row[6] += v.parsed.as_ref().map_or(0, Vec::len);
         }
         let mut why = Vec::new();
         match (c.parser.parse(&log.output), &v.parsed, &v.parse_error) {
@@ -782,25 +783,36 @@ fn grading_parity_with_the_official_harness() {
     }
     let total_logs = logs.len();
     println!("\nSWE-bench grading parity: this grader vs swebench==5.0.2 ({total_logs} logs: {real} real container runs, {} adversarial; {} gradings)", total_logs - real, cases.len());
-    println!(
-        "{:<22} {:<26} {:>5} {:>7} {:>8} {:>7} {:>6} {:>10}",
-        "logs", "parser", "logs", "agree", "refused", "differ", "FP", "FP harness"
-    );
-    let mut sum = [0usize; 6];
-    for ((source, parser), r) in &rows {
+    let line = |a: &str, b: &str, r: [String; 7]| {
         println!(
-            "{source:<22} {parser:<26} {:>5} {:>7} {:>8} {:>7} {:>6} {:>10}",
-            r[0], r[1], r[2], r[3], r[4], r[5]
-        );
+            "{a:<22} {b:<26} {:>5} {:>9} {:>7} {:>8} {:>7} {:>6} {:>10}",
+            r[0], r[1], r[2], r[3], r[4], r[5], r[6]
+        )
+    };
+    let cols = |r: &[usize; 7]| [r[0], r[6], r[1], r[2], r[3], r[4], r[5]].map(|x| x.to_string());
+    line(
+        "logs",
+        "parser",
+        [
+            "logs",
+            "statuses",
+            "agree",
+            "refused",
+            "differ",
+            "FP",
+            "FP harness",
+        ]
+        .map(String::from),
+    );
+    let mut sum = [0usize; 7];
+    for ((source, parser), r) in &rows {
+        line(source, parser, cols(r));
         for (s, x) in sum.iter_mut().zip(r) {
             *s += x;
         }
     }
-    println!(
-        "{:<22} {:<26} {:>5} {:>7} {:>8} {:>7} {:>6} {:>10}",
-        "total", "", sum[0], sum[1], sum[2], sum[3], sum[4], sum[5]
-    );
-    println!("(refused: the harness resolves, this grader refuses a fakeable pass, as documented; FP: resolved although the run did not resolve it)");
+    line("total", "", cols(&sum));
+    println!("(statuses: per-test statuses compared; agree / refused / differ count gradings; refused: the harness resolves, this grader refuses a fakeable pass, as documented; FP: resolved although the run did not resolve it)");
     assert!(
         differences.is_empty(),
         "{} unexplained differences:\n{}",
