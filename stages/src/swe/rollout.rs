@@ -610,8 +610,10 @@ fn instance_image(
     if env::image::image_id(engine, &official)?.is_some() {
         return Ok(official);
     }
+    // `image_name`: SWE-smith task files name their image so.
     inst.extra
         .get("image")
+        .or_else(|| inst.extra.get("image_name"))
         .and_then(|v| v.as_str())
         .map(str::to_string)
         .ok_or_else(|| {
