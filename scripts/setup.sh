@@ -11,6 +11,8 @@ set -euo pipefail
 need=()
 command -v git >/dev/null || need+=(git)
 command -v cc >/dev/null || need+=(build-essential)
+# The SWE-bench harness venv (scripts/swebench-harness.sh).
+python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 if [ "${LEDGER_SKIP_DOCKER:-}" != "1" ]; then
     # `docker` alone may be a client without an engine; the engine is `dockerd`.
     command -v dockerd >/dev/null || need+=(docker.io)

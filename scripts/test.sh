@@ -9,6 +9,10 @@ export LEDGER_REQUIRE_DOCKER=1
 # One base-image cache for every test binary, so debootstrap runs once per machine (builders
 # of the same cache wait for each other).
 export DAVINCI_ENV_CACHE="${DAVINCI_ENV_CACHE:-$PWD/target/env-cache}"
+# The official SWE-bench harness (swebench==5.0.2) in a venv, for the grading parity test;
+# with this set a missing harness fails that test instead of skipping it.
+export SWEBENCH_HARNESS_PYTHON="$(bash scripts/swebench-harness.sh)"
+export SWEBENCH_REQUIRE_HARNESS=1
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi

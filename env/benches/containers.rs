@@ -569,6 +569,45 @@ fn run() -> anyhow::Result<()> {
     }
     eprintln!("exec round-trips done ({:.0?})", t_all.elapsed());
 
+    // 2b. The rollout's persistent shell against a `docker exec` per command (what `bash`
+    // did before): the same `echo` in the same container, interleaved.
+    let shell_rows = {
+        let c = ours.start().context("ours: start for the shell session")?;
+        let mut session = env::shell::ShellSession::new(&c, "/testbed");
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for i in 0..execs + 5 {
+            let word = format!("sh{i}");
+            let t = Instant::now();
+            let r = session.run(&format!("echo {word}"), Duration::from_secs(30))?;
+            let x = t.elapsed().as_secs_f64();
+            anyhow::ensure!(r.stdout.trim() == word, "shell session: {r:?}");
+            let t = Instant::now();
+            let r = c.exec_with(&env::ExecRequest::bash(&format!("echo {word}")))?;
+            let y = t.elapsed().as_secs_f64();
+            anyhow::ensure!(r.stdout.trim() == word, "docker exec: {r:?}");
+            if i >= 5 {
+                a.push(x);
+                b.push(y);
+            }
+        }
+        drop(session);
+        c.remove()?;
+        vec![
+            (
+                "round trips / s",
+                a.len() as f64 / a.iter().sum::<f64>(),
+                b.len() as f64 / b.iter().sum::<f64>(),
+            ),
+            (
+                "median (ms)",
+                quantile(&a, 0.5) * 1e3,
+                quantile(&b, 0.5) * 1e3,
+            ),
+            ("p90 (ms)", quantile(&a, 0.9) * 1e3, quantile(&b, 0.9) * 1e3),
+        ]
+    };
+    eprintln!("shell session round-trips done ({:.0?})", t_all.elapsed());
+
     // 3. Rollouts per minute.
     for &n in &parallel {
         let (ra, da) = rollouts(&ours, n, per_worker)
@@ -611,6 +650,13 @@ fn run() -> anyhow::Result<()> {
             "{:<32} {:>10.2} {:>12.2} {:>9.2}  {verdict}",
             r.metric, r.ours, r.cli, ratio
         );
+    }
+    println!(
+        "\n{:<32} {:>14} {:>16}",
+        "`bash` tool, one echo", "shell session", "exec per command"
+    );
+    for (metric, x, y) in &shell_rows {
+        println!("{metric:<32} {x:>14.2} {y:>16.2}");
     }
     println!(
         "\n{STEPS_LEN} commands per rollout; {} s in all; load average at the end {}",

@@ -42,7 +42,8 @@ impl Default for BaseImageSpec {
             suite: "bookworm".into(),
             mirror: "http://deb.debian.org/debian".into(),
             variant: "minbase".into(),
-            include: ["python3", "python3-pip", "python3-pytest", "git"]
+            // `patch`: the last step of the harness's patch cascade.
+            include: ["python3", "python3-pip", "python3-pytest", "git", "patch"]
                 .map(String::from)
                 .to_vec(),
             user: "agent".into(),

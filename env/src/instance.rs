@@ -1,8 +1,9 @@
 //! Task instances in the SWE-bench / SWE-rebench schema, one JSON object per line.
 //!
 //! `FAIL_TO_PASS` and `PASS_TO_PASS` may be JSON arrays or JSON strings holding an array (as
-//! the SWE-bench datasets ship them); `version` may be a string or a number. Other keys are
-//! kept in `extra`. Errors name the file, the line and the key.
+//! the SWE-bench datasets ship them); `version` may be a string or a number; `test_patch` may
+//! be absent (SWE-smith). Other keys are kept in `extra`. Errors name the file, the line and
+//! the key.
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -18,6 +19,8 @@ pub struct TaskInstance {
     pub base_commit: String,
     /// The gold patch.
     pub patch: String,
+    /// Empty where the tests are already in the repository (SWE-smith task files have none).
+    #[serde(default)]
     pub test_patch: String,
     pub problem_statement: String,
     #[serde(rename = "FAIL_TO_PASS", deserialize_with = "string_list")]
@@ -134,6 +137,16 @@ mod tests {
         assert_eq!(a.fail_to_pass, b.fail_to_pass);
         assert_eq!(b.version, "1.2");
         assert_eq!(a.extra["created_at"], "2024");
+    }
+
+    #[test]
+    fn swe_smith_records_have_no_test_patch() {
+        let i = parse_instance(
+            r#"{"instance_id":"o__r.abc.func_pm_op__1","repo":"swesmith/o__r.abc","base_commit":"abc","patch":"p","problem_statement":"ps","FAIL_TO_PASS":["t.py::a"],"PASS_TO_PASS":[],"image_name":"swesmith/x:latest"}"#,
+        )
+        .unwrap();
+        assert_eq!(i.test_patch, "");
+        assert_eq!(i.extra["image_name"], "swesmith/x:latest");
     }
 
     #[test]

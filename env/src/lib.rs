@@ -4,11 +4,14 @@
 //! a container, SWE-bench grading, and task instances in the SWE-bench schema.
 
 pub mod container;
+pub mod dataset;
 pub mod engine;
 pub mod grading;
 pub mod image;
 pub mod instance;
+pub mod offline;
 pub mod repo_image;
+pub mod shell;
 pub mod tools;
 
 pub use container::{Container, ContainerSpec, ExecOutput, ExecRequest};

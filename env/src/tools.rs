@@ -4,11 +4,13 @@
 //! is an observation for the agent: `ToolResult { is_error: true, .. }`. Only infrastructure
 //! failures (engine gone, rollout limit spent) are `Err`, and end the rollout.
 //!
-//! `bash` runs each command in a fresh `bash -c` in the repository (no state carries over
-//! between calls: `cd` and `export` do not persist). Observations longer than
-//! `max_observation_chars` keep their head and tail around a visible marker.
+//! `bash` runs every command of a rollout in one shell session (`shell::ShellSession`, as
+//! SWE-agent does through SWE-ReX): `cd`, `export` and an activated environment carry over;
+//! a command past `bash_timeout` is killed without losing the session. Observations longer
+//! than `max_observation_chars` keep their head and tail around a visible marker.
 
 use crate::container::{Container, ExecRequest};
+use crate::shell::ShellSession;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -99,6 +101,8 @@ pub struct Tools<'c> {
     pub max_observation_chars: usize,
     /// Per path, the contents before each edit (`None`: the file did not exist).
     history: HashMap<String, Vec<Snapshot>>,
+    /// The rollout's shell, started with the first `bash` call.
+    shell: ShellSession<'c>,
 }
 
 /// Lines shown around an edit.
@@ -112,7 +116,14 @@ impl<'c> Tools<'c> {
             bash_timeout: Duration::from_secs(180),
             max_observation_chars: 16_000,
             history: HashMap::new(),
+            shell: ShellSession::new(container, repo_dir),
         }
+    }
+
+    /// Lines the shell runs when it starts (e.g. activating the official images' conda
+    /// environment); set before the first `bash` call.
+    pub fn set_shell_init(&mut self, lines: Vec<String>) {
+        self.shell.init = lines;
     }
 
     /// Dispatches a tool call by name with its JSON arguments.
@@ -134,11 +145,7 @@ impl<'c> Tools<'c> {
     }
 
     pub fn bash(&mut self, command: &str) -> anyhow::Result<ToolResult> {
-        let out = self.container.exec_with(
-            &ExecRequest::bash(command)
-                .workdir(&self.repo_dir)
-                .timeout(self.bash_timeout),
-        )?;
+        let out = self.shell.run(command, self.bash_timeout)?;
         let mut text = out.combined();
         if out.timed_out {
             text.push_str(&format!(

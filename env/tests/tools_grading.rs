@@ -1,7 +1,7 @@
 mod common;
 
 use env::container::{Container, ContainerSpec};
-use env::grading::{self, GradeOptions, TestStatus};
+use env::grading::{self, GradeOptions, Status, TestStatus};
 use env::instance::TaskInstance;
 use env::tools::{EditorCommand, Tools};
 use std::time::Duration;
@@ -18,9 +18,12 @@ fn start(engine: &env::Engine, test: &str) -> Container {
 fn tiny_repo(c: &Container) -> String {
     let files: &[(&str, &str)] = &[
         ("calc.py", "def add(a, b):\n    return a - b\n\n\ndef mul(a, b):\n    return a * b\n"),
+        // `_version.py` is an ignored build output (as an editable install generates one):
+        // grading must not delete it.
+        (".gitignore", "_version.py\n"),
         (
             "test_calc.py",
-            "import pytest\n\nfrom calc import mul\n\n\ndef test_mul():\n    assert mul(2, 3) == 6\n\n\n\
+            "import pytest\n\nfrom calc import mul\nfrom _version import VERSION\n\n\ndef test_mul():\n    assert mul(2, 3) == 6\n\n\n\
              @pytest.mark.xfail(reason='known')\ndef test_known_bug():\n    assert mul(2, 2) == 5\n",
         ),
         ("README.md", "calc\n"),
@@ -33,6 +36,8 @@ fn tiny_repo(c: &Container) -> String {
         .exec("git init -q && git add -A && git commit -qm base && git rev-parse HEAD")
         .unwrap();
     assert!(r.success(), "{r:?}");
+    c.write_file("/testbed/_version.py", b"VERSION = '1.0'\n", 0o644)
+        .unwrap();
     r.stdout.trim().to_string()
 }
 
@@ -103,9 +108,29 @@ fn grading_a_tiny_python_repo() {
     // The gold patch resolves it; the xfail test counts as passed.
     let gold = grading::evaluate(&c, &inst, GOLD, &opts).unwrap();
     assert!(gold.patch_applied && gold.resolved, "{gold:#?}");
-    assert_eq!(gold.fail_to_pass[0].status, Some(TestStatus::Passed));
-    assert_eq!(gold.pass_to_pass[1].status, Some(TestStatus::Xfail));
+    assert!(gold.harness_resolved);
+    assert_eq!(gold.apply_method.as_deref(), Some("git apply --verbose"));
+    assert_eq!(
+        gold.fail_to_pass[0].status,
+        Some(Status::Known(TestStatus::Passed))
+    );
+    assert_eq!(
+        gold.pass_to_pass[1].status,
+        Some(Status::Known(TestStatus::Xfail))
+    );
     assert!(gold.pass_to_pass[1].passed);
+    // The ignored build output survived the resets.
+    assert!(c.read_file("/testbed/_version.py").unwrap().is_some());
+
+    // A patch whose context no longer matches exactly: `git apply` (plain, --3way and
+    // --reject) refuses it, `patch --fuzz=5` applies it, and the method is recorded.
+    let fuzzy = GOLD.replace(" def mul(a, b):", " def mul(x, y):");
+    let r = grading::evaluate(&c, &inst, &fuzzy, &opts).unwrap();
+    assert!(r.patch_applied && r.resolved, "{r:#?}");
+    assert_eq!(
+        r.apply_method.as_deref(),
+        Some("patch --batch --forward --fuzz=5 -p1 -i")
+    );
 
     // An empty patch is unresolved (nothing to apply).
     let empty = grading::evaluate(&c, &inst, "", &opts).unwrap();
@@ -115,13 +140,27 @@ fn grading_a_tiny_python_repo() {
     // A patch that applies but does not fix the bug: FAIL_TO_PASS fails.
     let wrong = grading::evaluate(&c, &inst, UNRELATED, &opts).unwrap();
     assert!(wrong.patch_applied && !wrong.resolved, "{wrong:#?}");
-    assert_eq!(wrong.fail_to_pass[0].status, Some(TestStatus::Failed));
+    assert_eq!(
+        wrong.fail_to_pass[0].status,
+        Some(Status::Known(TestStatus::Failed))
+    );
     assert!(wrong.pass_to_pass.iter().all(|t| t.passed));
 
     // A patch that does not apply.
-    let bad = grading::evaluate(&c, &inst, &GOLD.replace("a - b", "a * b"), &opts).unwrap();
-    assert!(!bad.patch_applied && !bad.resolved);
-    assert!(bad.patch_error.unwrap().contains("git apply --check"));
+    // A patch that does not apply at any fuzz: its removed line is not in the file.
+    let bad = grading::evaluate(
+        &c,
+        &inst,
+        &GOLD.replace("-    return a - b", "-    return a ** b"),
+        &opts,
+    )
+    .unwrap();
+    assert!(!bad.patch_applied && !bad.resolved, "{bad:#?}");
+    let why = bad.patch_error.unwrap();
+    assert!(
+        why.contains("patch --batch"),
+        "the whole cascade was tried: {why}"
+    );
 
     // A PASS_TO_PASS test missing from the log counts as failed.
     let missing = instance(
@@ -332,4 +371,72 @@ fn tools_bash_editor_submit() {
     assert!(diff.starts_with("diff --git a/calc.py b/calc.py"), "{diff}");
     let r = t.call("nope", &serde_json::json!({})).unwrap();
     assert!(r.is_error);
+}
+
+/// One shell for the whole rollout, as SWE-agent's: state carries over, a command past its
+/// timeout is killed without losing the session, and a shell that cannot be interrupted or
+/// that exits is replaced (and the observation says so).
+#[test]
+fn bash_keeps_one_shell_session() {
+    let Some(engine) = common::engine() else {
+        return;
+    };
+    let c = start(&engine, "shell");
+    tiny_repo(&c);
+    let mut t = Tools::new(&c, "/testbed");
+    t.bash_timeout = Duration::from_secs(2);
+    let out = |t: &mut Tools, cmd: &str| t.bash(cmd).unwrap();
+
+    assert_eq!(out(&mut t, "pwd").output, "/testbed\n");
+    out(&mut t, "cd /tmp && export GREETING=hello && WHO=world");
+    assert_eq!(
+        out(&mut t, "echo \"$PWD $GREETING $WHO\"").output,
+        "/tmp hello world\n"
+    );
+    // Quoting, heredocs and unbalanced quotes cannot wedge the shell.
+    assert_eq!(
+        out(&mut t, "cat <<'EOF'\nit's $HOME\nEOF").output,
+        "it's $HOME\n"
+    );
+    let r = out(&mut t, "echo 'unterminated");
+    assert!(r.is_error, "{r:?}");
+    assert_eq!(out(&mut t, "echo still $GREETING").output, "still hello\n");
+    // Exit codes and stderr.
+    let r = out(
+        &mut t,
+        "echo out; echo err >&2; exit_code() { return 3; }; exit_code",
+    );
+    assert_eq!((r.exit_code, r.output.as_str()), (Some(3), "out\nerr\n"));
+    // Output without a final newline stays as it is.
+    assert_eq!(out(&mut t, "printf abc").output, "abc");
+    // stdin is not ours: a command reading it sees end of file.
+    assert_eq!(out(&mut t, "cat; echo done").output, "done\n");
+
+    // A command past its timeout is killed, with its children; the session lives on.
+    let r = out(
+        &mut t,
+        "sleep 60 & python3 -c 'import time; time.sleep(30)'",
+    );
+    assert!(
+        r.timed_out && r.output.contains("KeyboardInterrupt"),
+        "{r:?}"
+    );
+    let after = out(&mut t, "echo $PWD $GREETING");
+    assert_eq!(after.output, "/tmp hello\n", "after {r:?}");
+    // The timed-out program is gone (its background sibling was the command's too).
+    let left = c
+        .exec("cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' ' | grep -c 'time[.]sleep(30)' || true")
+        .unwrap();
+    assert_eq!(left.stdout.trim(), "0", "{left:?}");
+
+    // A loop of builtins keeps the shell itself busy: the shell is replaced and says so.
+    let r = out(&mut t, "while :; do :; done");
+    assert!(r.timed_out && r.output.contains("restarted"), "{r:?}");
+    assert_eq!(out(&mut t, "pwd").output, "/testbed\n");
+    out(&mut t, "cd /tmp");
+    // `exit` ends the shell; the next command gets a new one.
+    let r = out(&mut t, "cd /tmp; exit 4");
+    assert_eq!(r.exit_code, Some(4), "{r:?}");
+    assert!(r.output.contains("new shell"), "{r:?}");
+    assert_eq!(out(&mut t, "pwd").output, "/testbed\n");
 }

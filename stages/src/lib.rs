@@ -29,6 +29,7 @@ pub fn registry() -> Registry {
     r.register(Box::new(tokenize::Tokenize));
     r.register(Box::new(swe::synthesize::Synthesize));
     r.register(Box::new(swe::rollout::Rollout));
+    r.register(Box::new(swe::swebench::SweBench));
     r.register(Box::new(train::midtrain::Midtrain));
     r.register(Box::new(train::sft::Sft));
     r

@@ -15,6 +15,7 @@
 
 pub mod policy;
 pub mod rollout;
+pub mod swebench;
 pub mod synthesize;
 
 use anyhow::{anyhow, Context};

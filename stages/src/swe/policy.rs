@@ -81,7 +81,7 @@ pub trait Policy: Send + Sync {
 }
 
 pub const SYSTEM_PROMPT: &str = "You are a software engineer working in a repository at /testbed. \
-You have three tools: `bash` (runs one command in a fresh shell in /testbed; no state carries over), \
+You have three tools: `bash` (runs a command in your shell session, which starts in /testbed; `cd` and `export` carry over between calls), \
 `str_replace_editor` (view, create, str_replace, insert, undo_edit on absolute paths; old_str must match exactly once) \
 and `submit` (ends the task; your changes in /testbed are the patch). Fix the issue, check your fix, then submit.";
 
@@ -96,7 +96,7 @@ pub fn task_prompt(instance: &TaskInstance) -> String {
 pub fn tool_schemas() -> serde_json::Value {
     serde_json::json!([
         {"type": "function", "function": {"name": "bash",
-            "description": "Run a bash command in /testbed (fresh shell each call).",
+            "description": "Run a bash command in your persistent shell session (starts in /testbed; cd and export carry over).",
             "parameters": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}}},
         {"type": "function", "function": {"name": "str_replace_editor",
             "description": "View, create and edit files. old_str must match exactly once.",

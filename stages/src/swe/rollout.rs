@@ -99,6 +99,10 @@ pub struct Params {
     pub cpus: f64,
     #[serde(default = "default_memory_mb")]
     pub memory_mb: i64,
+    /// The harness log parser for every instance (`parse_log_pytest`, `parse_log_django`,
+    /// ...); unset: each instance's `log_parser`, else its repository's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_parser: Option<String>,
 }
 
 fn one() -> u32 {
@@ -172,6 +176,9 @@ pub struct RolloutRecord {
     pub steps: usize,
     pub tokens: usize,
     pub patch: String,
+    /// The grading cascade step that applied the patch (none: it did not apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_method: Option<String>,
     pub messages: Vec<ChatMessage>,
 }
 
@@ -185,6 +192,16 @@ struct RunScore {
     steps: usize,
     stop_reason: String,
     tests_timed_out: bool,
+    /// The cascade step that applied the patch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    apply_method: Option<String>,
+    /// The official harness's verdict on the same log; differs from `resolved` only where
+    /// a pass was refused (`refused` tests).
+    harness_resolved: bool,
+    refused: usize,
+    parser: String,
+    /// The image it was graded in.
+    environment: String,
     patch: String,
 }
 
@@ -198,7 +215,10 @@ impl Stage for Rollout {
         // 2: checkpoint generation runs on the fused model kernels.
         // 3: tokens are counted a message at a time (equal to the whole rendering's count
         //    when the ChatML markers are special tokens, which `load_tokenizer` ensures).
-        3
+        // 4: grading as the official harness (per-repository parsers and commands, the patch
+        //    cascade, ignored build outputs kept); the score records the apply method, the
+        //    harness's verdict and refusals.
+        4
     }
     fn description(&self) -> &'static str {
         "task instances → agent trajectories in Docker, graded as SWE-bench (D_pass / D_fail, score)"
@@ -222,6 +242,19 @@ impl Stage for Rollout {
         ] {
             if v == 0 {
                 return Err(ParamError::new(key, "must be at least 1"));
+            }
+        }
+        if let Some(name) = &p.log_parser {
+            if env::grading::parsers::LogParser::from_name(name).is_none() {
+                return Err(ParamError::new(
+                    "log_parser",
+                    format!(
+                        "`{name}` is none of the harness's Python parsers ({})",
+                        env::grading::parsers::LogParser::ALL
+                            .map(|p| p.name())
+                            .join(", ")
+                    ),
+                ));
             }
         }
         match &p.policy {
@@ -571,27 +604,42 @@ fn instance_image(
         cache.insert(key, img.tag.clone());
         return Ok(img.tag);
     }
+    // The official image, when the engine has it (users with the images run the real
+    // benchmark); else the instance's own `image` (an offline-built environment).
+    let official = env::offline::official_image(&inst.instance_id);
+    if env::image::image_id(engine, &official)?.is_some() {
+        return Ok(official);
+    }
+    // `image_name`: SWE-smith task files name their image so.
     inst.extra
         .get("image")
+        .or_else(|| inst.extra.get("image_name"))
         .and_then(|v| v.as_str())
         .map(str::to_string)
         .ok_or_else(|| {
             anyhow!(
-                "{}: neither `environment` nor `image` says where it runs",
+                "{}: the engine has no official image {official}, and neither `environment` nor `image` says where else it runs",
                 inst.instance_id
             )
         })
 }
 
-/// Puts the container at the instance's `base_commit`.
+/// Whether `image` is an official SWE-bench image (conda env `testbed` under
+/// `/opt/miniconda3`, repository in `/testbed`, used as root).
+fn is_official(image: &str) -> bool {
+    image.starts_with("swebench/sweb.eval.")
+}
+
+/// Puts the container at the instance's `base_commit`. Untracked files go, ignored ones
+/// (build outputs of the environment: generated version files, compiled extensions) stay.
 fn setup_script(inst: &TaskInstance) -> anyhow::Result<String> {
     Ok(match environment(inst)? {
         Some(env) => format!(
-            "set -e; git reset -q --hard && git clean -fdxq && printf '%s' {} > /tmp/davinci-bug.patch && git apply /tmp/davinci-bug.patch && {GIT_FIXED} commit -qam 'synthetic bug' && rm /tmp/davinci-bug.patch && git rev-parse HEAD",
+            "set -e; git reset -q --hard && git clean -fdq && printf '%s' {} > /tmp/davinci-bug.patch && git apply /tmp/davinci-bug.patch && {GIT_FIXED} commit -qam 'synthetic bug' && rm /tmp/davinci-bug.patch && git rev-parse HEAD",
             env::container::shell_quote(&env.bug_patch)
         ),
         None => format!(
-            "set -e; git checkout -qf {} && git clean -fdxq && git rev-parse HEAD",
+            "set -e; git checkout -qf {} && git clean -fdq && git rev-parse HEAD",
             env::container::shell_quote(&inst.base_commit)
         ),
     })
@@ -647,6 +695,9 @@ fn one_rollout(
             return Ok(None);
         };
         let mut spec = env::ContainerSpec::new(image);
+        if is_official(image) {
+            spec.user = "root".into();
+        }
         spec.cpus = p.cpus;
         spec.memory_bytes = p.memory_mb << 20;
         spec.exec_timeout = Duration::from_secs(p.command_timeout_secs);
@@ -690,6 +741,9 @@ fn one_rollout(
             }
             let mut tools = container.as_ref().map(|c| {
                 let mut t = Tools::new(c, "/testbed");
+                if image.as_deref().is_some_and(is_official) {
+                    t.set_shell_init(vec![env::offline::OFFICIAL_SHELL_INIT.to_string()]);
+                }
                 t.bash_timeout = Duration::from_secs(p.command_timeout_secs);
                 t.max_observation_chars = p.max_observation_chars;
                 t
@@ -813,15 +867,31 @@ fn one_rollout(
     // Grading, in a fresh container.
     let container = start("grade")?;
     let mut g = Session::new(rec, format!("{label}/grade"), container.as_ref());
+    // Which environment graded it (the official image, or an offline-built one) is part of
+    // the record, and of every later action's key.
+    let environment: String = g.act(
+        "environment",
+        serde_json::json!({"image_for": inst.instance_id}),
+        || Ok(image.clone().unwrap_or_default()),
+    )?;
     let opts = GradeOptions {
         test_cmd: test_cmd(inst)?,
+        parser: match &p.log_parser {
+            Some(name) => env::grading::parsers::LogParser::from_name(name),
+            None => Some(env::grading::instance_parser(inst)?),
+        },
         test_timeout: Duration::from_secs(p.test_timeout_secs),
+        prelude: if image.as_deref().is_some_and(is_official) {
+            vec![env::offline::OFFICIAL_SHELL_INIT.to_string()]
+        } else {
+            Vec::new()
+        },
         ..GradeOptions::default()
     };
     let setup = setup_script(inst)?;
     let report: GradeReport = g.act(
         "grade",
-        serde_json::json!({"patch": patch, "test_cmd": opts.test_cmd, "fail_to_pass": inst.fail_to_pass, "pass_to_pass": inst.pass_to_pass}),
+        serde_json::json!({"patch": patch, "test_cmd": opts.test_cmd, "parser": opts.parser, "fail_to_pass": inst.fail_to_pass, "pass_to_pass": inst.pass_to_pass}),
         || {
             let c = container.as_ref().expect("a container in a run");
             let head = c.exec_with(&env::ExecRequest::bash(&setup).workdir("/testbed").timeout(short))?;
@@ -846,6 +916,7 @@ fn one_rollout(
         steps,
         tokens,
         patch: patch.clone(),
+        apply_method: report.apply_method.clone(),
         messages,
     };
     let score = RunScore {
@@ -857,6 +928,14 @@ fn one_rollout(
         steps,
         stop_reason,
         tests_timed_out: report.tests_timed_out,
+        apply_method: report.apply_method.clone(),
+        harness_resolved: report.harness_resolved,
+        refused: report.graded.as_ref().map_or(0, |g| g.refused),
+        parser: report
+            .graded
+            .as_ref()
+            .map_or_else(String::new, |g| g.parser.name().to_string()),
+        environment,
         patch,
     };
     Ok((record, score))

@@ -25,7 +25,8 @@ use super::{connect_engine, env_cache_dir, parallel_jobs, with_recorder, Recorde
 use crate::pypi::PypiFile;
 use anyhow::{bail, Context};
 use env::container::shell_quote;
-use env::grading::{parse_pytest_log, TestStatus};
+use env::grading::parsers::LogParser;
+use env::grading::StatusMap;
 use env::image::BaseImageSpec;
 use env::instance::TaskInstance;
 use env::repo_image::{ensure_repo_image, GIT_FIXED};
@@ -158,7 +159,9 @@ impl Stage for Synthesize {
         "synthesize"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: test logs are read by the harness's pytest parser (XPASS is no status); the
+        //    base image carries `patch` for the grading cascade.
+        2
     }
     fn description(&self) -> &'static str {
         "PyPI sdists → SWE-bench task instances with injected bugs (train / held-out by package)"
@@ -333,13 +336,18 @@ pub fn jsonl<T: Serialize>(items: &[T]) -> anyhow::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Tests that passed / did not pass, by the SWE-bench rules (XFAIL passes).
-fn passing(statuses: &BTreeMap<String, TestStatus>) -> BTreeSet<String> {
+/// Tests that passed, by the SWE-bench rules (XFAIL passes).
+fn passing(statuses: &StatusMap) -> BTreeSet<String> {
     statuses
         .iter()
-        .filter(|(name, s)| s.is_pass() && name.contains("::"))
+        .filter(|(name, e)| e.status.is_pass() && name.contains("::"))
         .map(|(n, _)| n.clone())
         .collect()
+}
+
+/// A pytest run's statuses, read by the harness's pytest parser.
+fn pytest_statuses(log: &str) -> anyhow::Result<StatusMap> {
+    Ok(LogParser::Pytest.parse(log)?)
 }
 
 /// Kind-balanced, seeded order: each kind shuffled, then taken round-robin by kind name.
@@ -424,7 +432,7 @@ fn synthesize_package(
             timeout.as_secs()
         );
     }
-    let base_status = parse_pytest_log(&baseline.combined());
+    let base_status = pytest_statuses(&baseline.combined())?;
     let good = passing(&base_status);
     report.tests_passing = good.len();
     report.tests_failing = base_status.len() - good.len();
@@ -495,7 +503,7 @@ fn synthesize_package(
             reject("cannot commit");
             continue;
         }
-        let statuses = parse_pytest_log(&run.combined());
+        let statuses = pytest_statuses(&run.combined())?;
         let still = passing(&statuses);
         let f2p: Vec<String> = good.difference(&still).cloned().collect();
         let p2p: Vec<String> = good.intersection(&still).cloned().collect();
