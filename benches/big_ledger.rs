@@ -232,7 +232,10 @@ fn build(cfg: &Config, work: &Path, ledger_dir: &Path) -> Meta {
             &mut ledger,
             &registry,
             &experiment,
-            &RunOptions { progress: false },
+            &RunOptions {
+                progress: false,
+                ..Default::default()
+            },
         )
         .expect("the experiment runs");
         let pack = report.steps.iter().find(|s| s.node == "corpus").unwrap();
@@ -683,7 +686,37 @@ fn bench_lineage(cfg: &Config, ledger_dir: &Path, meta: &Meta, summary: &mut Sum
         busy.push(run.secs);
     }
     drop(writer);
+    // Every writer checks the checksums and hash chain of the whole log when it opens, so a
+    // write command pays for it: the check alone, and a whole `ledger tag` (open, check,
+    // one event).
+    let tail = Ledger::open(ledger_dir)
+        .expect("open the ledger")
+        .index()
+        .tail()
+        .expect("the index tail");
+    let mut check = Vec::new();
+    let mut tag = Vec::new();
+    for round in 0..cfg.rounds {
+        let t = Instant::now();
+        ledger::log::check_chain(&ledger_dir.join("events.log"), tail).expect("an intact log");
+        check.push(t.elapsed().as_secs_f64());
+        let run = run_child(
+            Command::new(LEDGER_BIN)
+                .arg("--ledger")
+                .arg(ledger_dir)
+                .args(["tag", &format!("bench-{round}"), corpus]),
+        );
+        tag.push(run.secs);
+    }
     let max = |xs: &[f64]| xs.iter().copied().fold(0.0, f64::max);
+    println!(
+        "   the writer's whole-log check (checksums + hash chain)       {:>8.3} s",
+        median(&check)
+    );
+    println!(
+        "   `ledger tag` (a writer: open, whole-log check, one event)  {:>8.3} s",
+        median(&tag)
+    );
     println!(
         "   Ledger::open (reader)                      {:>8.3} s",
         open
@@ -729,6 +762,18 @@ fn bench_lineage(cfg: &Config, ledger_dir: &Path, meta: &Meta, summary: &mut Sum
     summary.add(
         "`ledger show` while a writer holds the index",
         format!("{:.3} s", median(&busy)),
+        "",
+        None,
+    );
+    summary.add(
+        "writer's whole-log check",
+        format!("{:.3} s", median(&check)),
+        "",
+        None,
+    );
+    summary.add(
+        "`ledger tag` (one write command)",
+        format!("{:.3} s", median(&tag)),
         "",
         None,
     );

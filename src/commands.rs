@@ -96,7 +96,9 @@ pub fn add(ctx: &Context, files: &[PathBuf]) -> Result<ExitCode> {
 pub fn cat(ctx: &Context, what: &str) -> Result<ExitCode> {
     let ledger = ctx.reader()?;
     let hash = ledger.resolve(what)?;
-    let mut blob = ledger.store().open(&hash)?;
+    // A manifest reads as its parts one after another (a dataset of shards as one stream);
+    // every byte is checked against its address as it goes.
+    let mut blob = ledger::manifest::open_whole(ledger.store(), &hash)?;
     let mut out = std::io::stdout().lock();
     match std::io::copy(&mut blob, &mut out) {
         Ok(_) => {}
@@ -115,12 +117,42 @@ pub fn show(ctx: &Context, what: &str, json: bool) -> Result<ExitCode> {
     }
     let info = describe(&ledger, &hash)?;
     let consumers: Vec<u64> = ledger.index().consumers(&hash)?;
+    let manifest = if info.stored && info.media_type == ledger::manifest::MEDIA_TYPE {
+        ledger::manifest::Manifest::read(ledger.store(), &hash)?
+    } else {
+        None
+    };
     if json {
-        print_json(&json!({ "artifact": info, "consumed_by_events": consumers }))?;
+        print_json(
+            &json!({ "artifact": info, "consumed_by_events": consumers, "manifest": manifest }),
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     println!("artifact   {}", info.hash);
     println!("size       {} ({} bytes)", human_size(info.size), info.size);
+    if let Some(m) = &manifest {
+        println!(
+            "manifest   {} parts of {}, {} in all (`ledger cat` streams them in order)",
+            m.parts.len(),
+            m.media_type,
+            human_size(m.size())
+        );
+        const SHOWN: usize = 20;
+        for part in m.parts.iter().take(SHOWN) {
+            println!(
+                "  {} {:>10}  {}",
+                part.hash,
+                human_size(part.size),
+                part.unit
+            );
+        }
+        if m.parts.len() > SHOWN {
+            println!(
+                "  … and {} more (`ledger show --json`)",
+                m.parts.len() - SHOWN
+            );
+        }
+    }
     println!("media type {}", info.media_type);
     let rebuildable = matches!(info.provenance, Provenance::Output { .. });
     let state = match (info.stored, info.collected, rebuildable) {
@@ -153,8 +185,20 @@ pub fn show(ctx: &Context, what: &str, json: bool) -> Result<ExitCode> {
             println!("seed       {}", step.seed);
             println!("config     {}", step.config);
             println!("inputs");
+            let (mut parts, mut observed) = (0, 0);
             for (name, h) in &step.inputs {
-                println!("  {name:<24} {h}");
+                if name.starts_with(ledger::runner::PART_PREFIX) {
+                    parts += 1;
+                } else if name.starts_with(ledger::runner::OBSERVED_PREFIX) {
+                    observed += 1;
+                } else {
+                    println!("  {name:<24} {h}");
+                }
+            }
+            if parts + observed > 0 {
+                println!(
+                    "  (and {parts} parts of its outputs, {observed} recorded observations: `ledger show --json`)"
+                );
             }
             if !step.metrics.is_empty() {
                 println!("metrics");
@@ -483,17 +527,12 @@ pub fn lineage(ctx: &Context, what: &str, format: Format) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn run(ctx: &Context, config: &Path, progress: bool, json: bool) -> Result<ExitCode> {
+pub fn run(ctx: &Context, config: &Path, options: &RunOptions, json: bool) -> Result<ExitCode> {
     let registry = stages::registry();
     // Parse and plan before taking the lock: a bad config never touches the ledger.
     let experiment = Experiment::load(config, &registry)?;
     let mut ledger = ctx.writer_or_init()?;
-    let report = runner::run(
-        &mut ledger,
-        &registry,
-        &experiment,
-        &RunOptions { progress },
-    )?;
+    let report = runner::run(&mut ledger, &registry, &experiment, options)?;
     if json {
         print_json(&report)?;
         return Ok(ExitCode::SUCCESS);
@@ -530,7 +569,15 @@ pub fn ablate(ctx: &Context, file: &Path, progress: bool, json: bool) -> Result<
     // Every arm's config is loaded and every metric checked before the ledger is touched.
     let ablation = replay::Ablation::load(file, &registry)?;
     let mut ledger = ctx.writer_or_init()?;
-    let report = replay::ablate(&mut ledger, &registry, &ablation, &RunOptions { progress })?;
+    let report = replay::ablate(
+        &mut ledger,
+        &registry,
+        &ablation,
+        &RunOptions {
+            progress,
+            ..RunOptions::default()
+        },
+    )?;
     if json {
         print_json(&report)?;
         return Ok(ExitCode::SUCCESS);
@@ -738,6 +785,12 @@ pub fn tag(ctx: &Context, name: &str, what: &str) -> Result<ExitCode> {
 pub fn reindex(ctx: &Context) -> Result<ExitCode> {
     let events = Ledger::reindex(&ctx.dir, ctx.wait)?;
     println!("reindexed {events} events");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ledger unit SPEC` (a Slurm task): executes one unit, writes its result file.
+pub fn unit(spec: &Path) -> Result<ExitCode> {
+    ledger::slurm::run_unit(&stages::registry(), spec)?;
     Ok(ExitCode::SUCCESS)
 }
 

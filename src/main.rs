@@ -63,6 +63,12 @@ enum Command {
         /// Hide progress bars.
         #[arg(long)]
         no_progress: bool,
+        /// Units executing at once (default: one per core; a rollout's container counts as one).
+        #[arg(long, short = 'j')]
+        jobs: Option<usize>,
+        /// Where units run: worker threads here, or Slurm array jobs (`[executor.slurm]`).
+        #[arg(long, value_enum, default_value_t = ExecutorArg::Local)]
+        executor: ExecutorArg,
         #[arg(long)]
         json: bool,
     },
@@ -148,11 +154,20 @@ enum Command {
     Tag { name: String, hash: String },
     /// Rebuild the index from the event log.
     Reindex,
+    /// Execute one unit from a spec file and write its result (what a Slurm task runs).
+    #[command(hide = true)]
+    Unit { spec: PathBuf },
     /// List the stages this build can run.
     Stages {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExecutorArg {
+    Local,
+    Slurm,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -188,8 +203,22 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             no_progress,
+            jobs,
+            executor,
             json,
-        } => commands::run(&ctx, &config, !no_progress, json),
+        } => commands::run(
+            &ctx,
+            &config,
+            &ledger::runner::RunOptions {
+                progress: !no_progress,
+                jobs: jobs.unwrap_or_else(ledger::runner::default_jobs).max(1),
+                executor: match executor {
+                    ExecutorArg::Local => ledger::runner::Executor::Local,
+                    ExecutorArg::Slurm => ledger::runner::Executor::Slurm,
+                },
+            },
+            json,
+        ),
         Command::Ablate {
             file,
             no_progress,
@@ -231,6 +260,7 @@ fn main() -> ExitCode {
         Command::Tag { name, hash } => commands::tag(&ctx, &name, &hash),
         Command::Reindex => commands::reindex(&ctx),
         Command::Stages { json } => commands::stages(json),
+        Command::Unit { spec } => commands::unit(&spec),
     };
     match result {
         Ok(code) => code,

@@ -159,7 +159,17 @@ pub fn parse_params<T: serde::de::DeserializeOwned>(params: toml::Table) -> Resu
 struct RawConfig {
     experiment: Option<RawExperiment>,
     #[serde(default)]
+    executor: Option<RawExecutor>,
+    #[serde(default)]
     stage: Vec<BTreeMap<String, Spanned<toml::Value>>>,
+}
+
+/// `[executor.*]`: where units run; never part of an action key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExecutor {
+    #[serde(default)]
+    slurm: Option<crate::slurm::SlurmConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,6 +187,8 @@ pub struct Experiment {
     pub source: String,
     /// Nodes in a topological order (config order where the DAG leaves a choice).
     pub nodes: Vec<Node>,
+    /// `[executor.slurm]`: defaults for Slurm jobs (used with `--executor slurm`).
+    pub slurm: crate::slurm::SlurmConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -188,6 +200,8 @@ pub struct Node {
     /// Canonical parameters, defaults filled in.
     pub config: serde_json::Value,
     pub inputs: BTreeMap<String, InputRef>,
+    /// `[stage.resources]`: what its Slurm jobs ask for (never part of an action key).
+    pub resources: crate::slurm::Resources,
     /// Line of the stage's first key, and of its `inputs` key (for error messages).
     pub line: usize,
     pub inputs_line: usize,
@@ -211,7 +225,7 @@ impl InputRef {
     }
 }
 
-const RESERVED: [&str; 4] = ["id", "uses", "inputs", "seed"];
+const RESERVED: [&str; 5] = ["id", "uses", "inputs", "seed", "resources"];
 
 impl Experiment {
     pub fn load(path: &Path, registry: &Registry) -> Result<Experiment, ConfigError> {
@@ -247,6 +261,7 @@ impl Experiment {
             message,
         };
         let raw: RawConfig = parse_toml(path, &source)?;
+        let raw_executor = raw.executor;
         let experiment = raw.experiment.unwrap_or(RawExperiment {
             name: None,
             seed: None,
@@ -391,6 +406,20 @@ impl Experiment {
                 }
             }
 
+            let resources = match table.get("resources") {
+                None => crate::slurm::Resources::default(),
+                Some(v) => v
+                    .get_ref()
+                    .clone()
+                    .try_into()
+                    .map_err(|e: toml::de::Error| {
+                        err(
+                            key_line("resources"),
+                            Some("resources"),
+                            format!("stage `{id}`: {}", e.message()),
+                        )
+                    })?,
+            };
             let params: toml::Table = table
                 .iter()
                 .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
@@ -417,6 +446,7 @@ impl Experiment {
                 seed,
                 config,
                 inputs,
+                resources,
                 line: first_line,
                 inputs_line: key_line("inputs").unwrap_or(first_line),
             });
@@ -471,6 +501,7 @@ impl Experiment {
             name,
             source,
             nodes,
+            slurm: raw_executor.and_then(|e| e.slurm).unwrap_or_default(),
         })
     }
 

@@ -51,6 +51,23 @@ impl fmt::Debug for Hash {
     }
 }
 
+/// Serde as a 64-digit hex string, for JSON that people read (manifests, unit results);
+/// `#[serde(with = "crate::hash::hex")]`. (Events keep the compact 32-byte form.)
+pub mod hex {
+    use super::Hash;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(h: &Hash, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&h.to_hex())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Hash, D::Error> {
+        let text = String::deserialize(d)?;
+        Hash::from_hex(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("`{text}` is not a 64-digit hex hash")))
+    }
+}
+
 /// True when `s` is a plausible (possibly abbreviated) hex address.
 pub fn is_hex_prefix(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_hexdigit())

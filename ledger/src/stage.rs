@@ -6,9 +6,11 @@
 
 use crate::config::ParamError;
 use crate::error::{Error, Result};
-use crate::event::{EventKind, Observation, Output};
+use crate::event::Output;
 use crate::hash::Hash;
-use crate::ledger::Ledger;
+use crate::manifest::Manifest;
+use crate::observe::Observer;
+use crate::plan::{Plan, PlanContext, Unit};
 use crate::store::{BlobStore, BlobWriter, VerifiedBlob};
 use indicatif::ProgressBar;
 use std::collections::BTreeMap;
@@ -62,7 +64,31 @@ pub trait Stage: Send + Sync {
     ) -> anyhow::Result<Vec<ExternalInput>> {
         Ok(Vec::new())
     }
+    /// How the work splits into units (see `plan`). The default is one unit, the whole node.
+    fn plan(&self, _plan: &PlanContext) -> anyhow::Result<Plan> {
+        Ok(Plan::whole())
+    }
+    /// The node's metrics from its units' metrics (for a plan of several units). The default
+    /// sums each metric over the units.
+    fn combine_metrics(&self, units: &[Vec<(String, f64)>]) -> Vec<(String, f64)> {
+        sum_metrics(units)
+    }
+    /// Executes one unit (`ctx.unit()`; `None` for a whole-node plan).
     fn execute(&self, ctx: &mut StageContext) -> anyhow::Result<()>;
+}
+
+/// Each metric summed over the units, in the order of first appearance.
+pub fn sum_metrics(units: &[Vec<(String, f64)>]) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = Vec::new();
+    for metrics in units {
+        for (name, value) in metrics {
+            match out.iter_mut().find(|(n, _)| n == name) {
+                Some((_, total)) => *total += value,
+                None => out.push((name.clone(), *value)),
+            }
+        }
+    }
+    out
 }
 
 /// The stages a binary knows, by name.
@@ -93,116 +119,113 @@ impl Registry {
     }
 }
 
-/// How observations behave: recorded and reused in a run, reused only in a replay.
-pub enum Mode<'a> {
-    Run(&'a mut Ledger),
-    /// Offline: outputs go to a scratch store, every observation must already be recorded.
-    Replay {
-        ledger: &'a Ledger,
-        scratch: &'a BlobStore,
-    },
-    /// A replay that also performs external actions again (e.g. rollout commands in fresh
-    /// containers) to compare them with the record; the record still decides every output.
-    Reexecute {
-        ledger: &'a Ledger,
-        scratch: &'a BlobStore,
-    },
-}
-
-/// What a stage produced: its outputs (sorted by name) and its metrics.
-pub type Finished = (Vec<Output>, Vec<(String, f64)>);
-
-pub struct StageContext<'a> {
-    mode: Mode<'a>,
+/// What one unit works on: everything about it that is not where its bytes go.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Job {
+    pub node: String,
+    /// `None` for a whole-node plan.
+    pub unit: Option<Unit>,
+    /// The node's canonical config (the unit's id and parameters are in `unit`).
+    pub config: serde_json::Value,
+    pub seed: u64,
+    pub inputs: Vec<(String, Hash)>,
     /// The experiment config's directory: where relative locations of external sources
     /// (e.g. a git clone) are resolved. Content is pinned by the inputs, never by this path.
-    workdir: PathBuf,
-    node: String,
-    config: serde_json::Value,
-    seed: u64,
-    inputs: Vec<(String, Hash)>,
+    pub workdir: PathBuf,
+}
+
+/// Where a unit's bytes come from and go to, and its way to the recorded world.
+#[derive(Clone)]
+pub struct Io {
+    pub inputs: BlobStore,
+    /// The ledger's store in a run; a scratch store in a replay.
+    pub outputs: BlobStore,
+    pub observer: Observer,
+    pub progress: ProgressBar,
+}
+
+/// What a unit produced.
+#[derive(Debug)]
+pub struct Finished {
+    /// Sorted by name.
+    pub outputs: Vec<Output>,
+    pub metrics: Vec<(String, f64)>,
+    /// Every observation the unit was answered with: (request, response).
+    pub observed: Vec<(Hash, Hash)>,
+}
+
+pub struct StageContext {
+    job: Job,
+    io: Io,
     outputs: Vec<Output>,
     metrics: Vec<(String, f64)>,
-    progress: ProgressBar,
     /// Damage found in blobs the stage opened and did not read to the end (see
-    /// `BlobStore::open_verified`): the step fails if there is any.
+    /// `BlobStore::open_verified`): the unit fails if there is any.
     unread_damage: Arc<Mutex<Vec<String>>>,
 }
 
-impl<'a> StageContext<'a> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        mode: Mode<'a>,
-        workdir: &Path,
-        node: &str,
-        config: serde_json::Value,
-        seed: u64,
-        inputs: Vec<(String, Hash)>,
-        progress: ProgressBar,
-    ) -> StageContext<'a> {
+impl StageContext {
+    pub fn new(job: Job, io: Io) -> StageContext {
         StageContext {
-            mode,
-            workdir: workdir.to_path_buf(),
-            node: node.to_string(),
-            config,
-            seed,
-            inputs,
+            job,
+            io,
             outputs: Vec::new(),
             metrics: Vec::new(),
-            progress,
             unread_damage: Arc::default(),
         }
     }
 
-    fn ledger(&self) -> &Ledger {
-        match &self.mode {
-            Mode::Run(l) => l,
-            Mode::Replay { ledger, .. } | Mode::Reexecute { ledger, .. } => ledger,
-        }
-    }
-
     fn input_store(&self) -> &BlobStore {
-        self.ledger().store()
-    }
-
-    fn output_store(&self) -> &BlobStore {
-        match &self.mode {
-            Mode::Run(l) => l.store(),
-            Mode::Replay { scratch, .. } | Mode::Reexecute { scratch, .. } => scratch,
-        }
+        &self.io.inputs
     }
 
     pub fn workdir(&self) -> &Path {
-        &self.workdir
+        &self.job.workdir
     }
 
     pub fn node(&self) -> &str {
-        &self.node
+        &self.job.node
+    }
+
+    /// The unit this context executes (`None`: the whole node).
+    pub fn unit(&self) -> Option<&Unit> {
+        self.job.unit.as_ref()
+    }
+
+    /// The unit's parameters, typed (an error for a whole-node plan).
+    pub fn unit_params<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
+        let unit = self
+            .unit()
+            .ok_or_else(|| anyhow::anyhow!("stage `{}` runs as one unit here", self.job.node))?;
+        Ok(serde_json::from_value(unit.params.clone())?)
     }
 
     pub fn seed(&self) -> u64 {
-        self.seed
+        self.job.seed
     }
 
     pub fn config(&self) -> &serde_json::Value {
-        &self.config
+        &self.job.config
     }
 
     /// The stage's typed parameters (from the canonical config).
     pub fn params<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
-        Ok(serde_json::from_value(self.config.clone())?)
+        Ok(serde_json::from_value(self.job.config.clone())?)
     }
 
     pub fn inputs(&self) -> &[(String, Hash)] {
-        &self.inputs
+        &self.job.inputs
     }
 
     pub fn input(&self, name: &str) -> Result<Hash> {
-        self.inputs
+        self.job
+            .inputs
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, h)| *h)
-            .ok_or_else(|| Error::NotFound(format!("stage `{}` has no input `{name}`", self.node)))
+            .ok_or_else(|| {
+                Error::NotFound(format!("stage `{}` has no input `{name}`", self.job.node))
+            })
     }
 
     /// A blob's bytes, checked against its address (a damaged blob is an error naming it).
@@ -211,7 +234,7 @@ impl<'a> StageContext<'a> {
     }
 
     /// A blob as a stream, checked against its address as it is read: reading past its end
-    /// fails if the bytes were altered, and a stream dropped early is checked then (the step
+    /// fails if the bytes were altered, and a stream dropped early is checked then (the unit
     /// fails). A stage never builds an output from bytes that are not what its inputs name.
     pub fn open_blob(&self, hash: &Hash) -> Result<VerifiedBlob> {
         self.input_store()
@@ -227,15 +250,29 @@ impl<'a> StageContext<'a> {
         self.read_blob(&self.input(name)?)
     }
 
+    /// The parts of a blob: a manifest's (a dataset of shards), or the blob itself.
+    pub fn parts(&self, hash: &Hash) -> Result<Vec<Hash>> {
+        Manifest::parts_of(self.input_store(), hash)
+    }
+
+    /// A whole input's bytes: a manifest's parts concatenated, or the blob.
+    pub fn read_whole(&self, hash: &Hash) -> Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        for part in self.parts(hash)? {
+            bytes.extend(self.read_blob(&part)?);
+        }
+        Ok(bytes)
+    }
+
     pub fn write_output(&mut self, name: &str, media_type: &str, bytes: &[u8]) -> Result<Hash> {
-        let (hash, size) = self.output_store().put_bytes(bytes)?;
+        let (hash, size) = self.io.outputs.put_bytes(bytes)?;
         self.record_output(name, media_type, hash, size);
         Ok(hash)
     }
 
     /// A streaming writer for a large output; hand it back to `finish_output`.
     pub fn output_writer(&self) -> Result<BlobWriter> {
-        self.output_store().writer()
+        self.io.outputs.writer()
     }
 
     pub fn finish_output(
@@ -247,6 +284,31 @@ impl<'a> StageContext<'a> {
         let (hash, size) = writer.finish()?;
         self.record_output(name, media_type, hash, size);
         Ok(hash)
+    }
+
+    /// Where outputs go, for writers that make several outputs before recording them (see
+    /// `add_output`).
+    pub fn output_store(&self) -> BlobStore {
+        self.io.outputs.clone()
+    }
+
+    /// Records a blob already written to the output store as output `name`.
+    pub fn add_output(
+        &mut self,
+        name: &str,
+        media_type: &str,
+        hash: Hash,
+        size: u64,
+    ) -> Result<()> {
+        if !self.io.outputs.contains(&hash) {
+            return Err(Error::NotFound(format!(
+                "stage `{}`: output `{name}` ({}) was never written",
+                self.job.node,
+                hash.short()
+            )));
+        }
+        self.record_output(name, media_type, hash, size);
+        Ok(())
     }
 
     fn record_output(&mut self, name: &str, media_type: &str, hash: Hash, size: u64) {
@@ -265,95 +327,58 @@ impl<'a> StageContext<'a> {
     }
 
     pub fn progress(&self) -> &ProgressBar {
-        &self.progress
+        &self.io.progress
+    }
+
+    /// The unit's observer, to hand to worker threads (it is `Send + Clone`; what any clone
+    /// is answered with counts among the unit's observations).
+    pub fn observer(&self) -> &Observer {
+        &self.io.observer
+    }
+
+    /// True when outputs go to a scratch store and every observation must come from the record.
+    pub fn replaying(&self) -> bool {
+        self.io.observer.replaying()
+    }
+
+    /// True in a replay that should perform external actions again to compare them.
+    pub fn reexecuting(&self) -> bool {
+        self.io.observer.reexecuting()
+    }
+
+    /// The recorded response to `request`, if there is one (checked against its hash).
+    pub fn recorded(&self, request: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self.io.observer.recorded(request)?)
     }
 
     /// Answers an external request from its recorded observation, or performs it with
     /// `fetch` and records the response durably before returning it. In a replay, an
     /// unrecorded request is an error: replays never touch the network.
-    /// True when outputs go to a scratch store and every observation must come from the record.
-    pub fn replaying(&self) -> bool {
-        !matches!(self.mode, Mode::Run(_))
-    }
-
-    /// True in a replay that should perform external actions again to compare them.
-    pub fn reexecuting(&self) -> bool {
-        matches!(self.mode, Mode::Reexecute { .. })
-    }
-
-    /// The recorded response to `request`, if there is one (checked against its hash). A
-    /// running stage is answered only by this ledger's own observations (or a trusted
-    /// import's); a replay, which re-derives recorded outputs and records nothing, may also
-    /// use those an imported bundle recorded for its steps.
-    pub fn recorded(&self, request: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
-        let request_hash = Hash::of(request);
-        let index = self.ledger().index();
-        let seq = match index.observation(&request_hash)? {
-            Some(seq) => Some(seq),
-            None if self.replaying() => index.foreign_observation(&request_hash)?,
-            None => None,
-        };
-        let Some(seq) = seq else {
-            return Ok(None);
-        };
-        let (crate::event::EventKind::Observation(o), _) =
-            self.ledger().event(seq)?.event.kind.into_claim()
-        else {
-            return Ok(None);
-        };
-        // A recorded answer is only as good as its bytes (`read` checks them).
-        match self.input_store().read(&o.response) {
-            Ok(response) => Ok(Some(response)),
-            Err(Error::Corrupt(_)) => anyhow::bail!(
-                "the recorded {} response {} (event #{seq}) is damaged: its bytes no longer match; run `ledger verify`",
-                o.source,
-                o.response.short()
-            ),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     pub fn observe(
-        &mut self,
+        &self,
         source: &str,
         request: &[u8],
         fetch: impl FnOnce() -> anyhow::Result<Vec<u8>>,
     ) -> anyhow::Result<Vec<u8>> {
-        let request_hash = Hash::of(request);
-        if let Some(response) = self.recorded(request)? {
-            return Ok(response);
-        }
-        match &mut self.mode {
-            Mode::Replay { .. } | Mode::Reexecute { .. } => anyhow::bail!(
-                "{source} request {} was never recorded; a replay cannot perform it",
-                request_hash.short()
-            ),
-            Mode::Run(ledger) => {
-                let response = fetch()?;
-                let (hash, size) = ledger.store().put_bytes(&response)?;
-                ledger.append_one(EventKind::Observation(Observation {
-                    source: source.to_string(),
-                    request: request_hash,
-                    response: hash,
-                    response_size: size,
-                }))?;
-                Ok(response)
-            }
-        }
+        self.io.observer.observe(source, request, fetch)
     }
 
-    /// The outputs (by name) and metrics; an error if a blob the stage streamed was damaged
-    /// (found after the stage stopped reading it).
-    pub fn finish(self) -> Result<Finished> {
+    /// What the unit produced; an error if a blob it streamed was damaged (found after the
+    /// stage stopped reading it).
+    pub fn finish(&mut self) -> Result<Finished> {
         let damage = std::mem::take(&mut *self.unread_damage.lock().expect("not poisoned"));
         if let Some(first) = damage.first() {
             return Err(Error::Corrupt(format!(
                 "stage `{}` read a damaged input: {first}",
-                self.node
+                self.job.node
             )));
         }
-        let mut outputs = self.outputs;
+        let mut outputs = std::mem::take(&mut self.outputs);
         outputs.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok((outputs, self.metrics))
+        Ok(Finished {
+            outputs,
+            metrics: std::mem::take(&mut self.metrics),
+            observed: self.io.observer.observed(),
+        })
     }
 }

@@ -282,7 +282,10 @@ fn origin() -> ledger::event::Origin {
 }
 
 fn options() -> RunOptions {
-    RunOptions { progress: false }
+    RunOptions {
+        progress: false,
+        ..Default::default()
+    }
 }
 
 fn do_init(_: &Fixture, dir: &Path, storage: Storage) -> ledger::Result<()> {

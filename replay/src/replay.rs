@@ -15,7 +15,10 @@ use crate::explain::{explain, Divergence};
 use anyhow::{anyhow, bail, Context, Result};
 use ledger::event::{EventKind, StageRun};
 use ledger::lineage::{describe, lineage, Provenance, StepNode};
-use ledger::stage::{Mode, Registry, StageContext};
+use ledger::manifest::{Manifest, Part};
+use ledger::observe::Mode;
+use ledger::runner::{keyed_inputs, split_unit_config, PART_PREFIX};
+use ledger::stage::{Job, Registry};
 use ledger::store::BlobStore;
 use ledger::{Hash, Ledger};
 use serde::Serialize;
@@ -130,6 +133,32 @@ pub fn replay(
     };
     let target_step = producer(&target.to_hex()).expect("target is an output");
     let mut chosen: BTreeSet<u64> = BTreeSet::from([target_step]);
+    // A node of several units is re-derived by its units: replaying an output of it
+    // re-executes every unit of the node it came from (a summary's rollouts, a manifest's
+    // shards), and checks that the parts compose to what was recorded.
+    let node_of = |s: &StepNode| {
+        (
+            s.run_id.clone(),
+            s.node.split('/').next().unwrap_or("").to_string(),
+        )
+    };
+    let target_node = node_of(&graph.steps[&target_step]);
+    chosen.extend(
+        graph
+            .steps
+            .iter()
+            .filter(|(_, s)| node_of(s) == target_node)
+            .map(|(seq, _)| *seq),
+    );
+    for (_, part) in graph.steps[&target_step]
+        .inputs
+        .iter()
+        .filter(|(n, _)| n.starts_with(PART_PREFIX))
+    {
+        if let Some(seq) = producer(part) {
+            chosen.insert(seq);
+        }
+    }
     if options.check {
         chosen.extend(graph.steps.keys().copied());
     }
@@ -179,6 +208,18 @@ pub fn replay(
             let scratch = BlobStore::new(&scratch_dir.path().join(format!("{round}-{seq}")));
             scratch.create_dirs()?;
             let (run, imported_from) = stage_run(ledger, *seq)?;
+            if run.inputs.iter().any(|(n, _)| n.starts_with(PART_PREFIX)) {
+                let mut result = recompose(ledger, *seq, &run)?;
+                result.step.imported_from = imported_from.map(|b| b.to_hex());
+                result.round = round;
+                let identical = result.identical;
+                steps.push(result);
+                if !identical {
+                    first_divergence = Some(*seq);
+                    break 'rounds;
+                }
+                continue;
+            }
             let workdir = match (&options.workdir, imported_from) {
                 (Some(dir), _) => dir.clone(),
                 (None, Some(_)) => {
@@ -269,6 +310,13 @@ fn reexecute(
         }
         let (actual, _) = ledger.store().rehash(input)?;
         if actual != *input {
+            if let Some(source) = observed_source(ledger, name)? {
+                bail!(
+                    "the recorded {source} response {} (input `{name}`) of step #{seq} is damaged: its bytes hash to {}; run `ledger verify`",
+                    input.short(),
+                    actual.short()
+                );
+            }
             bail!(
                 "input `{name}` ({}) of step #{seq} is damaged: its bytes hash to {}; run `ledger verify`",
                 input.short(),
@@ -278,34 +326,27 @@ fn reexecute(
     }
     let config: serde_json::Value = serde_json::from_str(&run.config)
         .with_context(|| format!("event #{seq} holds a config that is not JSON"))?;
+    let (config, unit) = split_unit_config(config);
     let mode = if perform_again {
-        Mode::Reexecute { ledger, scratch }
+        Mode::Reexecute
     } else {
-        Mode::Replay { ledger, scratch }
+        Mode::Replay
     };
-    let mut ctx = StageContext::new(
-        mode,
-        workdir,
-        &run.node,
+    let job = Job {
+        node: run.node.split('/').next().unwrap_or(&run.node).to_string(),
+        unit,
         config,
-        run.seed,
-        run.inputs.clone(),
-        indicatif::ProgressBar::hidden(),
-    );
-    stage
-        .execute(&mut ctx)
-        .with_context(|| format!("re-executing step #{seq} ({} `{}`)", run.stage, run.node))?;
-    let (rebuilt, metrics) = ctx.finish()?;
-    let metric = |name: &str| {
-        metrics
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| *v as u64)
+        seed: run.seed,
+        inputs: keyed_inputs(&run.inputs),
+        workdir: workdir.to_path_buf(),
     };
-    let actions = metric("reexecute.actions").map(|actions| ActionCheck {
-        actions,
-        equivalent: metric("reexecute.equivalent").unwrap_or(0),
-        differing: metric("reexecute.differing").unwrap_or(0),
+    let (finished, reexecution) = ledger::exec::replay_stage(ledger, stage, job, scratch, mode)
+        .with_context(|| format!("re-executing step #{seq} ({} `{}`)", run.stage, run.node))?;
+    let rebuilt = finished.outputs;
+    let actions = perform_again.then_some(ActionCheck {
+        actions: reexecution.actions,
+        equivalent: reexecution.equivalent,
+        differing: reexecution.differing,
     });
 
     let mut outputs = Vec::new();
@@ -339,6 +380,73 @@ fn reexecute(
             && actions.as_ref().is_none_or(|a| a.differing == 0),
         outputs,
         actions,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The source of the observation an `obs/<request>` input names (`None` for other inputs).
+fn observed_source(ledger: &Ledger, name: &str) -> Result<Option<String>> {
+    let Some(request) = name
+        .strip_prefix(ledger::runner::OBSERVED_PREFIX)
+        .and_then(Hash::from_hex)
+    else {
+        return Ok(None);
+    };
+    let seq = match ledger.index().observation(&request)? {
+        Some(seq) => Some(seq),
+        None => ledger.index().foreign_observation(&request)?,
+    };
+    let Some(seq) = seq else { return Ok(None) };
+    Ok(match ledger.event(seq)?.event.kind.into_claim().0 {
+        EventKind::Observation(o) => Some(o.source),
+        _ => None,
+    })
+}
+
+/// Checks a node of several units: each manifest it recorded must be what its recorded parts
+/// compose to (the parts themselves are re-derived by replaying their units).
+fn recompose(ledger: &Ledger, seq: u64, run: &StageRun) -> Result<StepReplay> {
+    let started = std::time::Instant::now();
+    let mut outputs = Vec::new();
+    for recorded in &run.outputs {
+        let prefix = format!("{PART_PREFIX}{}/", recorded.name);
+        let parts: Vec<Part> = run
+            .inputs
+            .iter()
+            .filter_map(|(n, h)| {
+                n.strip_prefix(&prefix).map(|unit| {
+                    let size = ledger.store().size(h).unwrap_or(0);
+                    Part {
+                        unit: unit.to_string(),
+                        hash: *h,
+                        size,
+                    }
+                })
+            })
+            .collect();
+        let rebuilt = match Manifest::read(ledger.store(), &recorded.hash)? {
+            // The manifest as its parts make it, in its recorded media type.
+            Some(m) => Some(Hash::of(&Manifest::new(&m.media_type, parts).encode())),
+            // A unit's output passed through as the node's: nothing to compose.
+            None => Some(recorded.hash),
+        };
+        let identical = rebuilt == Some(recorded.hash);
+        outputs.push(OutputCheck {
+            name: recorded.name.clone(),
+            recorded: recorded.hash.to_hex(),
+            rebuilt: rebuilt.map(|h| h.to_hex()),
+            identical,
+            first_difference: (!identical)
+                .then(|| "the recorded parts do not compose to the recorded manifest".to_string()),
+            divergence: None,
+        });
+    }
+    Ok(StepReplay {
+        step: StepNode::from_run(seq, run),
+        round: 0,
+        identical: outputs.iter().all(|o| o.identical),
+        outputs,
+        actions: None,
         seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -79,7 +79,10 @@ fn replay_reports_which_instances_and_tensors_diverged() {
         &mut ledger,
         &registry,
         &experiment,
-        &RunOptions { progress: false },
+        &RunOptions {
+            progress: false,
+            ..Default::default()
+        },
     )
     .unwrap();
     let (_, scores) = report.steps[0]

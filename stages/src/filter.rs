@@ -8,7 +8,9 @@
 
 use crate::record::PrRecord;
 use crate::shard::{self, ShardWriter};
+use anyhow::Context;
 use ledger::config::{parse_params, ParamError};
+use ledger::plan::{Plan, PlanContext, Source, Unit, UnitSpec};
 use ledger::stage::{InputSpec, Stage, StageContext};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -108,6 +110,21 @@ pub fn judge(
     seen: &mut HashSet<(String, u64)>,
     excluded: &HashSet<String>,
 ) -> Option<&'static str> {
+    if let Some(reason) = before_dedupe(p, r, excluded) {
+        return Some(reason);
+    }
+    if p.dedupe && !seen.insert(dedupe_key(r)) {
+        return Some("duplicate");
+    }
+    after_dedupe(p, r)
+}
+
+fn dedupe_key(r: &PrRecord) -> (String, u64) {
+    (r.repo_name.to_ascii_lowercase(), r.number)
+}
+
+/// The rules checked before the dedupe: a record they drop is not counted as a duplicate.
+fn before_dedupe(p: &Params, r: &PrRecord, excluded: &HashSet<String>) -> Option<&'static str> {
     if p.merged_only && !r.merged {
         return Some("not_merged");
     }
@@ -120,9 +137,10 @@ pub fn judge(
     if excluded.contains(&r.repo_name.to_ascii_lowercase()) {
         return Some("decontaminated");
     }
-    if p.dedupe && !seen.insert((r.repo_name.to_ascii_lowercase(), r.number)) {
-        return Some("duplicate");
-    }
+    None
+}
+
+fn after_dedupe(p: &Params, r: &PrRecord) -> Option<&'static str> {
     if p.subset == Subset::Python {
         let has_ext = |path: &str, exts: &[String]| {
             exts.iter()
@@ -154,13 +172,23 @@ pub fn judge(
     None
 }
 
+/// The unit that finds duplicates across every shard; shard units are named `part.<id>`.
+const DEDUPE_UNIT: &str = "dedupe";
+
+fn excluded(p: &Params) -> HashSet<String> {
+    p.exclude_repos
+        .iter()
+        .map(|r| r.to_ascii_lowercase())
+        .collect()
+}
+
 impl Stage for Filter {
     fn name(&self) -> &'static str {
         "filter"
     }
 
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     fn description(&self) -> &'static str {
@@ -190,21 +218,84 @@ impl Stage for Filter {
         Ok(serde_json::to_value(p).expect("params serialize"))
     }
 
+    /// One unit per input shard; with `dedupe`, a first unit finds, across every shard, the
+    /// records that repeat an earlier (repository, PR), and hands each shard unit its own list
+    /// (so a shard whose list did not change is not filtered again).
+    fn plan(&self, plan: &PlanContext) -> anyhow::Result<Plan> {
+        let p: Params = plan.params()?;
+        let mut out = Plan::per_part(plan, "prs", &[], &[("prs", shard::MEDIA_TYPE)])?;
+        if p.dedupe {
+            let parts = plan.parts(&plan.input("prs").expect("a required input"))?;
+            let inputs = out
+                .units
+                .iter()
+                .zip(&parts)
+                .map(|(u, h)| (u.unit.id.clone(), Source::Blob(*h)))
+                .collect();
+            for unit in &mut out.units {
+                let id = unit.unit.id.clone();
+                unit.inputs.push((
+                    "duplicates".into(),
+                    Source::Unit {
+                        unit: DEDUPE_UNIT.into(),
+                        output: id,
+                    },
+                ));
+            }
+            out.units.insert(
+                0,
+                UnitSpec {
+                    unit: Unit {
+                        id: DEDUPE_UNIT.into(),
+                        params: serde_json::Value::Null,
+                    },
+                    inputs,
+                },
+            );
+        }
+        Ok(out)
+    }
+
     fn execute(&self, ctx: &mut StageContext) -> anyhow::Result<()> {
         let p: Params = ctx.params()?;
-        let excluded: HashSet<String> = p
-            .exclude_repos
-            .iter()
-            .map(|r| r.to_ascii_lowercase())
-            .collect();
-        let mut seen = HashSet::new();
+        let excluded = excluded(&p);
+        let unit = ctx.unit().map(|u| u.id.clone()).unwrap_or_default();
+        if unit == DEDUPE_UNIT {
+            // Each shard's duplicates, as the record numbers (0-based) to drop, in order.
+            let mut seen = HashSet::new();
+            let shards: Vec<(String, ledger::Hash)> = ctx.inputs().to_vec();
+            for (id, hash) in shards {
+                let mut drop = Vec::new();
+                let what = format!("input `prs`, shard {id}");
+                for (i, record) in shard::read::<PrRecord>(ctx, &hash, &what)?.enumerate() {
+                    let record = record?;
+                    if before_dedupe(&p, &record, &excluded).is_none()
+                        && !seen.insert(dedupe_key(&record))
+                    {
+                        drop.push(i as u64);
+                    }
+                }
+                ctx.write_output(&id, "application/json", &serde_json::to_vec(&drop)?)?;
+            }
+            return Ok(());
+        }
+        let duplicates: HashSet<u64> = match ctx.input("duplicates") {
+            Ok(h) => serde_json::from_slice(&ctx.read_blob(&h)?)
+                .context("the duplicates list is not valid")?,
+            Err(_) => HashSet::new(),
+        };
         let mut dropped: BTreeMap<&str, u64> = REASONS.iter().map(|r| (*r, 0)).collect();
         let mut out = ShardWriter::new(ctx)?;
         let mut total = 0u64;
-        for record in shard::read::<PrRecord>(ctx, &ctx.input("prs")?, "input `prs`")? {
+        for (i, record) in
+            shard::read::<PrRecord>(ctx, &ctx.input("prs")?, "input `prs`")?.enumerate()
+        {
             let record = record?;
             total += 1;
-            match judge(&p, &record, &mut seen, &excluded) {
+            let reason = before_dedupe(&p, &record, &excluded)
+                .or_else(|| duplicates.contains(&(i as u64)).then_some("duplicate"))
+                .or_else(|| after_dedupe(&p, &record));
+            match reason {
                 Some(reason) => *dropped.get_mut(reason).expect("known reason") += 1,
                 None => out.push(&record)?,
             }

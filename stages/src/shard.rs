@@ -46,6 +46,71 @@ impl ShardWriter {
     }
 }
 
+/// Writes records into shards of at most `per_shard` records each, recorded (at `finish`) as
+/// outputs `<prefix>00000`, `<prefix>00001`, … — at least one, empty if there are no records —
+/// so a node's output can be the manifest of them all. It needs the context only to start
+/// and to finish, so records can come from code that holds the context meanwhile.
+pub struct ShardSet {
+    prefix: String,
+    per_shard: u64,
+    store: ledger::store::BlobStore,
+    current: Option<(zstd::Encoder<'static, ledger::store::BlobWriter>, u64)>,
+    done: Vec<(Hash, u64)>,
+    records: u64,
+}
+
+impl ShardSet {
+    pub fn new(ctx: &StageContext, prefix: &str, per_shard: u64) -> ShardSet {
+        ShardSet {
+            prefix: prefix.to_string(),
+            per_shard: per_shard.max(1),
+            store: ctx.output_store(),
+            current: None,
+            done: Vec::new(),
+            records: 0,
+        }
+    }
+
+    pub fn push<T: Serialize>(&mut self, record: &T) -> Result<()> {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|(_, n)| *n >= self.per_shard)
+        {
+            self.close()?;
+        }
+        if self.current.is_none() {
+            self.current = Some((zstd::Encoder::new(self.store.writer()?, LEVEL)?, 0));
+        }
+        let (encoder, n) = self.current.as_mut().expect("open");
+        serde_json::to_writer(&mut *encoder, record)?;
+        encoder.write_all(b"\n")?;
+        *n += 1;
+        self.records += 1;
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        if let Some((encoder, _)) = self.current.take() {
+            self.done.push(encoder.finish()?.finish()?);
+        }
+        Ok(())
+    }
+
+    /// Finishes the last shard and records every shard as an output; returns (shards,
+    /// records).
+    pub fn finish(mut self, ctx: &mut StageContext) -> Result<(u64, u64)> {
+        if self.current.is_none() && self.done.is_empty() {
+            self.current = Some((zstd::Encoder::new(self.store.writer()?, LEVEL)?, 0));
+        }
+        self.close()?;
+        for (i, (hash, size)) in self.done.iter().enumerate() {
+            ctx.add_output(&format!("{}{i:05}", self.prefix), MEDIA_TYPE, *hash, *size)?;
+        }
+        Ok((self.done.len() as u64, self.records))
+    }
+}
+
 /// The largest record a shard may hold once decompressed. A reconstructed sample is capped at
 /// 32,000 tokens and a PR record at its files' `max_file_bytes` each, so real records are far
 /// smaller; the bound keeps a decompression bomb (a few KB of zstd expanding to one line of

@@ -20,6 +20,7 @@ use crate::record::Sample;
 use crate::shard;
 use anyhow::{anyhow, bail, Context};
 use ledger::config::{parse_params, ParamError};
+use ledger::plan::{Compose, Plan, PlanContext, Source, Unit, UnitSpec};
 use ledger::stage::{ExternalInput, ExternalSource, InputSpec, Stage, StageContext};
 use serde::{Deserialize, Serialize};
 use std::io::{BufWriter, Seek, Write};
@@ -35,6 +36,8 @@ pub const MAGIC: &[u8; 8] = b"DVTOKS01";
 pub const HEADER_BYTES: usize = 32;
 pub const MEDIA_TYPE: &str = "application/x-davinci-tokens";
 const TOKENIZER_INPUT: &str = "file:tokenizer.json";
+/// The unit that trains (or passes on) the tokenizer; shard units are named `part.<id>`.
+const TOKENIZER_UNIT: &str = "tokenizer";
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,7 +88,7 @@ impl Stage for Tokenize {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn description(&self) -> &'static str {
@@ -133,14 +136,96 @@ impl Stage for Tokenize {
             .collect())
     }
 
+    /// A `tokenizer` unit trains the BPE over every shard (or passes on the given one); then
+    /// one unit per shard encodes it with that tokenizer into a packed token shard and an
+    /// index. `tokens` and `index` are manifests of those.
+    fn plan(&self, plan: &PlanContext) -> anyhow::Result<Plan> {
+        let mut out = Plan::per_part(
+            plan,
+            "samples",
+            &[],
+            &[("tokens", MEDIA_TYPE), ("index", "application/x-ndjson")],
+        )?;
+        let parts = plan.parts(&plan.input("samples").expect("a required input"))?;
+        let mut train_inputs: Vec<(String, Source)> = out
+            .units
+            .iter()
+            .zip(&parts)
+            .map(|(u, h)| (u.unit.id.clone(), Source::Blob(*h)))
+            .collect();
+        if let Some(given) = plan.input(TOKENIZER_INPUT) {
+            train_inputs = vec![(TOKENIZER_INPUT.to_string(), Source::Blob(given))];
+        }
+        for unit in &mut out.units {
+            unit.inputs.push((
+                "tokenizer".into(),
+                Source::Unit {
+                    unit: TOKENIZER_UNIT.into(),
+                    output: "tokenizer".into(),
+                },
+            ));
+        }
+        out.units.insert(
+            0,
+            UnitSpec {
+                unit: Unit {
+                    id: TOKENIZER_UNIT.into(),
+                    params: serde_json::Value::Null,
+                },
+                inputs: train_inputs,
+            },
+        );
+        out.outputs.push((
+            "tokenizer".into(),
+            Compose::Unit {
+                unit: TOKENIZER_UNIT.into(),
+                output: "tokenizer".into(),
+            },
+        ));
+        Ok(out)
+    }
+
+    /// Counts add up over the shards; the longest sample and the vocabulary are the largest.
+    fn combine_metrics(&self, units: &[Vec<(String, f64)>]) -> Vec<(String, f64)> {
+        let mut out = ledger::stage::sum_metrics(units);
+        for (name, value) in &mut out {
+            if name == "tokens.longest_sample" || name == "vocab_size" {
+                *value = units
+                    .iter()
+                    .flatten()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, v)| *v)
+                    .fold(0.0, f64::max);
+            }
+        }
+        out
+    }
+
     fn execute(&self, ctx: &mut StageContext) -> anyhow::Result<()> {
         let p: Params = ctx.params()?;
+        if ctx.unit().is_some_and(|u| u.id == TOKENIZER_UNIT) {
+            let tokenizer = match ctx.input(TOKENIZER_INPUT) {
+                Ok(hash) => Tokenizer::from_bytes(ctx.read_blob(&hash)?).map_err(|e| {
+                    anyhow!("the tokenizer input is not a valid tokenizer.json: {e}")
+                })?,
+                Err(_) => {
+                    let shards: Vec<ledger::Hash> = ctx.inputs().iter().map(|(_, h)| *h).collect();
+                    train(ctx, &shards, &p)?
+                }
+            };
+            let json = tokenizer
+                .to_string(false)
+                .map_err(|e| anyhow!("serializing the tokenizer: {e}"))?;
+            ctx.write_output("tokenizer", "application/json", json.as_bytes())?;
+            ctx.metric(
+                "vocab_size",
+                f64::from(tokenizer.get_vocab_size(true) as u32),
+            );
+            return Ok(());
+        }
         let samples = ctx.input("samples")?;
-        let tokenizer = match ctx.inputs().iter().find(|(n, _)| n == TOKENIZER_INPUT) {
-            Some((_, hash)) => Tokenizer::from_bytes(ctx.read_blob(hash)?)
-                .map_err(|e| anyhow!("the tokenizer input is not a valid tokenizer.json: {e}"))?,
-            None => train(ctx, &samples, &p)?,
-        };
+        let tokenizer = Tokenizer::from_bytes(ctx.read_input("tokenizer")?)
+            .map_err(|e| anyhow!("the tokenizer is not a valid tokenizer.json: {e}"))?;
         let eos = tokenizer.token_to_id(&p.eos_token).with_context(|| {
             format!(
                 "the tokenizer has no `{}` token (set eos_token)",
@@ -148,12 +233,8 @@ impl Stage for Tokenize {
             )
         })?;
         let vocab = tokenizer.get_vocab_size(true) as u32;
-        let json = tokenizer
-            .to_string(false)
-            .map_err(|e| anyhow!("serializing the tokenizer: {e}"))?;
-        ctx.write_output("tokenizer", "application/json", json.as_bytes())?;
 
-        // Pass over the corpus: encode, cap, stream tokens to a temp file, index kept samples.
+        // Pass over the shard: encode, cap, stream tokens to a temp file, index kept samples.
         let mut stream = BufWriter::new(tempfile::tempfile()?);
         let mut index = ctx.output_writer()?;
         let (mut kept, mut dropped, mut n_tokens, mut longest) = (0u64, 0u64, 0u64, 0u64);
@@ -184,19 +265,6 @@ impl Stage for Tokenize {
             longest = longest.max(ids.len() as u64);
             kept += 1;
         }
-        if kept == 0 {
-            bail!(
-                "input `samples` gives nothing to train on: {}",
-                if dropped == 0 {
-                    "it holds no samples".to_string()
-                } else {
-                    format!(
-                        "all {dropped} samples are over max_tokens = {}",
-                        p.max_tokens
-                    )
-                }
-            );
-        }
         let seq_len = u64::from(p.seq_len);
         let sequences = n_tokens.div_ceil(seq_len);
         for _ in n_tokens..sequences * seq_len {
@@ -220,16 +288,28 @@ impl Stage for Tokenize {
         ctx.metric("tokens", n_tokens as f64);
         ctx.metric("tokens.longest_sample", longest as f64);
         ctx.metric("sequences", sequences as f64);
-        ctx.metric("vocab_size", f64::from(vocab));
         Ok(())
     }
 }
 
-fn train(ctx: &StageContext, samples: &ledger::Hash, p: &Params) -> anyhow::Result<Tokenizer> {
+/// Trains the tokenizer over the samples of every shard, in order.
+fn train(ctx: &StageContext, shards: &[ledger::Hash], p: &Params) -> anyhow::Result<Tokenizer> {
     // The trainer wants an infallible iterator: remember the first read error and stop.
     let mut failure = None;
-    let texts = shard::read::<Sample>(ctx, samples, "input `samples`")?.map_while(|s| match s {
-        Ok(s) => Some(s.text),
+    let mut seen = 0u64;
+    let mut readers = Vec::new();
+    for (i, shard) in shards.iter().enumerate() {
+        readers.push(shard::read::<Sample>(
+            ctx,
+            shard,
+            &format!("input `samples`, shard {}", i + 1),
+        )?);
+    }
+    let texts = readers.into_iter().flatten().map_while(|s| match s {
+        Ok(s) => {
+            seen += 1;
+            Some(s.text)
+        }
         Err(e) => {
             failure = Some(e);
             None
@@ -238,6 +318,9 @@ fn train(ctx: &StageContext, samples: &ledger::Hash, p: &Params) -> anyhow::Resu
     let tokenizer = train_bpe(texts, p.vocab_size, p.min_frequency, &p.eos_token)?;
     if let Some(e) = failure {
         bail!(e);
+    }
+    if seen == 0 {
+        bail!("input `samples` gives nothing to train on: it holds no samples");
     }
     Ok(tokenizer)
 }

@@ -155,7 +155,7 @@ inputs = { prs = "prs.prs" }
 
 fn read_shard(ledger: &Ledger, hex: &str) -> Vec<PrRecord> {
     let hash = ledger::Hash::from_hex(hex).unwrap();
-    let file = ledger.store().open(&hash).unwrap();
+    let file = ledger::manifest::open_whole(ledger.store(), &hash).unwrap();
     std::io::BufReader::new(zstd::Decoder::new(file).unwrap())
         .lines()
         .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
@@ -174,7 +174,10 @@ fn mines_prs_from_a_clone_and_filters_them() {
     let ledger_dir = dir.path().join("ledger");
     Ledger::init(&ledger_dir).unwrap();
     let mut ledger = Ledger::open_writer(&ledger_dir, Wait::Block).unwrap();
-    let opts = RunOptions { progress: false };
+    let opts = RunOptions {
+        progress: false,
+        ..Default::default()
+    };
     let report = run(&mut ledger, &registry, &experiment, &opts).unwrap();
 
     let collected = read_shard(&ledger, &report.steps[0].outputs[0].1);

@@ -6,7 +6,8 @@
 mod github_mock;
 
 use github_mock::*;
-use ledger::stage::{Mode, StageContext};
+use ledger::observe::Mode;
+use ledger::stage::{Job, StageContext};
 use ledger::store::BlobStore;
 use ledger::{Ledger, Wait};
 use stages::collect::github::{collect, GithubParams, GithubStats, RepoSearch};
@@ -64,26 +65,31 @@ fn full_params(mock: &MockGithub) -> GithubParams {
     }
 }
 
-fn context<'a>(mode: Mode<'a>, params: &GithubParams) -> StageContext<'a> {
-    StageContext::new(
-        mode,
-        std::path::Path::new("."),
-        "collect",
-        serde_json::to_value(params).unwrap(),
-        0,
-        Vec::new(),
-        indicatif::ProgressBar::hidden(),
-    )
+fn job(params: &GithubParams) -> Job {
+    Job {
+        node: "collect".into(),
+        unit: None,
+        config: serde_json::to_value(params).unwrap(),
+        seed: 0,
+        inputs: Vec::new(),
+        workdir: ".".into(),
+    }
 }
 
-fn run(ledger: &mut Ledger, params: &GithubParams) -> (anyhow::Result<GithubStats>, Vec<PrRecord>) {
-    let mut ctx = context(Mode::Run(ledger), params);
+fn collected(
+    ctx: &mut StageContext,
+    params: &GithubParams,
+) -> (anyhow::Result<GithubStats>, Vec<PrRecord>) {
     let mut records = Vec::new();
-    let result = collect(&mut ctx, params, &mut |r| {
+    let result = collect(ctx, params, &mut |r| {
         records.push(r);
         Ok(())
     });
     (result, records)
+}
+
+fn run(ledger: &mut Ledger, params: &GithubParams) -> (anyhow::Result<GithubStats>, Vec<PrRecord>) {
+    ledger::exec::run_in_context(ledger, job(params), |ctx| collected(ctx, params))
 }
 
 fn replay(
@@ -93,19 +99,9 @@ fn replay(
 ) -> (anyhow::Result<GithubStats>, Vec<PrRecord>) {
     let store = BlobStore::new(scratch);
     store.create_dirs().unwrap();
-    let mut ctx = context(
-        Mode::Replay {
-            ledger,
-            scratch: &store,
-        },
-        params,
-    );
-    let mut records = Vec::new();
-    let result = collect(&mut ctx, params, &mut |r| {
-        records.push(r);
-        Ok(())
-    });
-    (result, records)
+    ledger::exec::replay_in_context(ledger, job(params), &store, Mode::Replay, |ctx| {
+        collected(ctx, params)
+    })
 }
 
 fn change(
@@ -1058,7 +1054,10 @@ inputs = {{ prs = "prs.prs" }}
     std::fs::write(&path, config).unwrap();
     let registry = stages::registry();
     let experiment = Experiment::load(&path, &registry).unwrap();
-    let opts = RunOptions { progress: false };
+    let opts = RunOptions {
+        progress: false,
+        ..Default::default()
+    };
     let report = run_experiment(&mut ledger, &registry, &experiment, &opts).unwrap();
     let report_first = report.clone();
     let metric = |step: usize, name: &str| {

@@ -79,7 +79,10 @@ fn run_config(
         ledger,
         &registry,
         &experiment,
-        &RunOptions { progress: false },
+        &RunOptions {
+            progress: false,
+            ..Default::default()
+        },
     )?)
 }
 

@@ -3,7 +3,8 @@
 //! path against a local OpenAI-compatible server, replayed offline from observations.
 
 use indicatif::ProgressBar;
-use ledger::stage::{Mode, Stage, StageContext};
+use ledger::observe::Mode;
+use ledger::stage::{Job, Stage};
 use ledger::store::BlobStore;
 use ledger::{Hash, Ledger, Wait};
 use stages::reconstruct::{python, Reconstruct};
@@ -35,21 +36,29 @@ fn params(toml_text: &str) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("params rejected: {:?}: {}", e.key, e.message))
 }
 
-fn write_input(ledger: &mut Ledger, records: &[PrRecord]) -> Hash {
-    let mut ctx = StageContext::new(
-        Mode::Run(ledger),
-        std::path::Path::new("."),
-        "input",
-        serde_json::json!({}),
-        0,
-        Vec::new(),
-        ProgressBar::hidden(),
-    );
-    let mut writer = ShardWriter::new(&ctx).unwrap();
-    for r in records {
-        writer.push(r).unwrap();
+fn job(node: &str, config: serde_json::Value, inputs: Vec<(String, Hash)>) -> Job {
+    Job {
+        node: node.into(),
+        unit: None,
+        config,
+        seed: 0,
+        inputs,
+        workdir: ".".into(),
     }
-    writer.finish(&mut ctx, "prs").unwrap()
+}
+
+fn write_input(ledger: &mut Ledger, records: &[PrRecord]) -> Hash {
+    ledger::exec::run_in_context(
+        ledger,
+        job("input", serde_json::json!({}), Vec::new()),
+        |ctx| {
+            let mut writer = ShardWriter::new(ctx).unwrap();
+            for r in records {
+                writer.push(r).unwrap();
+            }
+            writer.finish(ctx, "prs").unwrap()
+        },
+    )
 }
 
 fn read_samples(bytes: &[u8]) -> Vec<Sample> {
@@ -67,17 +76,13 @@ fn run_in(dir: &Path, records: &[PrRecord], toml_text: &str) -> Run {
     }
     let mut ledger = Ledger::open_writer(dir, Wait::Block).unwrap();
     let input = write_input(&mut ledger, records);
-    let mut ctx = StageContext::new(
-        Mode::Run(&mut ledger),
-        std::path::Path::new("."),
-        "samples",
-        params(toml_text),
-        0,
-        vec![("prs".into(), input)],
-        ProgressBar::hidden(),
-    );
-    Reconstruct.execute(&mut ctx).unwrap();
-    let (outputs, metrics) = ctx.finish().unwrap();
+    let finished = ledger::exec::run_stage(
+        &mut ledger,
+        &Reconstruct,
+        job("samples", params(toml_text), vec![("prs".into(), input)]),
+    )
+    .unwrap();
+    let (outputs, metrics) = (finished.outputs, finished.metrics);
     assert_eq!(outputs.len(), 1);
     assert_eq!(outputs[0].name, "samples");
     assert_eq!(outputs[0].media_type, "application/x-ndjson+zstd");
@@ -907,24 +912,17 @@ fn llm_enhancement_is_recorded_and_replays_offline_bit_identically() {
     assert_eq!(second.input, first.input);
     let input = first.input;
     // The stage re-executed offline into the scratch store.
-    let replay_ctx = || {
-        StageContext::new(
-            Mode::Replay {
-                ledger: &ledger,
-                scratch: &scratch,
-            },
-            std::path::Path::new("."),
-            "samples",
-            params(&config),
-            0,
-            vec![("prs".into(), input)],
-            ProgressBar::hidden(),
+    let replay = || {
+        ledger::exec::replay_stage(
+            &ledger,
+            &Reconstruct,
+            job("samples", params(&config), vec![("prs".into(), input)]),
+            &scratch,
+            Mode::Replay,
         )
     };
-    let mut ctx = replay_ctx();
-    Reconstruct.execute(&mut ctx).unwrap();
-    let (outputs, _) = ctx.finish().unwrap();
-    assert_eq!(outputs[0].hash, first.hash);
+    let (finished, _) = replay().unwrap();
+    assert_eq!(finished.outputs[0].hash, first.hash);
 
     // Tamper with one recorded answer: a replay refuses it and names it, and `verify` names
     // the blob. (Attribution to the outputs built from it is tested through the runner in
@@ -942,8 +940,7 @@ fn llm_enhancement_is_recorded_and_replays_offline_bit_identically() {
     let mut bytes = std::fs::read(&victim).unwrap();
     bytes[0] ^= 0x20;
     std::fs::write(&victim, bytes).unwrap();
-    let mut ctx = replay_ctx();
-    let err = format!("{:#}", Reconstruct.execute(&mut ctx).unwrap_err());
+    let err = format!("{:#}", replay().unwrap_err());
     assert!(err.contains("is damaged"), "{err}");
     assert!(err.contains(&responses[0].short()), "{err}");
     let report = ledger::verify::verify(&ledger, &ProgressBar::hidden()).expect("verify runs");

@@ -674,8 +674,8 @@ fn until_reset(reset: u64) -> Duration {
     Duration::from_millis(wait_ms.clamp(1000, u128::from(u64::MAX)) as u64)
 }
 
-struct Client<'c, 'a> {
-    ctx: &'c mut StageContext<'a>,
+struct Client<'c> {
+    ctx: &'c mut StageContext,
     params: &'c GithubParams,
     base: ApiBase,
     http: Http,
@@ -691,7 +691,7 @@ struct Repo {
     description: String,
 }
 
-impl Client<'_, '_> {
+impl Client<'_> {
     /// Sleeps, at most `max_rate_limit_wait_s`.
     fn sleep(&self, wait: Duration) {
         std::thread::sleep(wait.min(Duration::from_secs(self.params.max_rate_limit_wait_s)));

@@ -8,9 +8,10 @@ pub mod git;
 pub mod github;
 
 use crate::record::PrRecord;
-use crate::shard::ShardWriter;
+use crate::shard::ShardSet;
 use anyhow::Context;
 use ledger::config::{parse_params, ParamError};
+use ledger::plan::{Compose, Plan, PlanContext, Source as PlanSource, Unit, UnitSpec};
 use ledger::stage::{ExternalInput, ExternalSource, InputSpec, Stage, StageContext};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -32,6 +33,21 @@ pub struct Params {
     pub git: Option<git::GitParams>,
     #[serde(default)]
     pub github: Option<github::GithubParams>,
+    /// Records per output shard: `prs` is the manifest of the shards, and the D_ctx stages
+    /// downstream work one unit per shard.
+    #[serde(default = "default_shard_records")]
+    pub shard_records: u64,
+}
+
+fn default_shard_records() -> u64 {
+    1000
+}
+
+/// The unit of one repository (`repo.<owner/name>`), or of the whole crawl.
+#[derive(Debug, Serialize, Deserialize)]
+struct CollectUnit {
+    /// The one repository the unit crawls; `None`: every repository the config selects.
+    repo: Option<String>,
 }
 
 const GIT_INPUT: &str = "source:git";
@@ -42,7 +58,7 @@ impl Stage for Collect {
     }
 
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     fn description(&self) -> &'static str {
@@ -79,7 +95,58 @@ impl Stage for Collect {
             },
             Source::Git => {}
         }
+        if p.shard_records == 0 {
+            return Err(ParamError::new("shard_records", "must be at least 1"));
+        }
         Ok(serde_json::to_value(p).expect("params serialize"))
+    }
+
+    /// One unit per repository the config names (a git clone, or each of `github.repos`);
+    /// a GitHub crawl that selects repositories by search is one unit (the selection is itself
+    /// recorded work). Each unit writes shards of `shard_records`; `prs` is their manifest.
+    fn plan(&self, plan: &PlanContext) -> anyhow::Result<Plan> {
+        let p: Params = plan.params()?;
+        let units: Vec<(String, CollectUnit)> = match (&p.source, &p.github) {
+            (Source::Github, Some(g)) if g.search.is_none() => g
+                .repos
+                .iter()
+                .map(|r| {
+                    (
+                        format!("repo.{r}"),
+                        CollectUnit {
+                            repo: Some(r.clone()),
+                        },
+                    )
+                })
+                .collect(),
+            (Source::Github, _) => vec![("crawl".into(), CollectUnit { repo: None })],
+            (Source::Git, _) => vec![("git".into(), CollectUnit { repo: None })],
+        };
+        let inputs: Vec<(String, PlanSource)> = plan
+            .inputs
+            .iter()
+            .map(|(n, h)| (n.clone(), PlanSource::Blob(*h)))
+            .collect();
+        Ok(Plan {
+            outputs: vec![(
+                "prs".into(),
+                Compose::ManifestOfPrefix {
+                    units: units.iter().map(|(id, _)| id.clone()).collect(),
+                    prefix: "prs.".into(),
+                    media_type: crate::shard::MEDIA_TYPE.into(),
+                },
+            )],
+            units: units
+                .into_iter()
+                .map(|(id, u)| UnitSpec {
+                    unit: Unit {
+                        id,
+                        params: serde_json::to_value(u).expect("a unit serializes"),
+                    },
+                    inputs: inputs.clone(),
+                })
+                .collect(),
+        })
     }
 
     fn external_inputs(
@@ -108,8 +175,9 @@ impl Stage for Collect {
 
     fn execute(&self, ctx: &mut StageContext) -> anyhow::Result<()> {
         let p: Params = ctx.params()?;
-        let mut shard = ShardWriter::new(ctx)?;
-        let mut push = |r: PrRecord| shard.push(&r);
+        let unit: CollectUnit = ctx.unit_params()?;
+        let mut shards = ShardSet::new(ctx, "prs.", p.shard_records);
+        let mut push = |r: PrRecord| shards.push(&r);
         match p.source {
             Source::Git => {
                 let g = p.git.expect("checked");
@@ -124,7 +192,10 @@ impl Stage for Collect {
                 ctx.metric("shallow_boundary", stats.shallow_boundary as f64);
             }
             Source::Github => {
-                let g = p.github.expect("checked");
+                let mut g = p.github.expect("checked");
+                if let Some(repo) = unit.repo {
+                    g.repos = vec![repo];
+                }
                 let stats = github::collect(ctx, &g, &mut push)?;
                 ctx.metric("records", stats.prs as f64);
                 ctx.metric("http.requests", stats.requests as f64);
@@ -139,7 +210,8 @@ impl Stage for Collect {
                 }
             }
         }
-        shard.finish(ctx, "prs")?;
+        let (n, _) = shards.finish(ctx)?;
+        ctx.metric("shards", n as f64);
         Ok(())
     }
 }

@@ -433,7 +433,10 @@ impl Stage for LeakCheck {
                 ..Default::default()
             };
             ctx.progress().set_message(format!("scanning {name}"));
-            scan_corpus(ctx.open_blob(&hash)?, p.n, &mut table, &mut stats, &what)?;
+            // A dataset of shards is scanned shard by shard.
+            for part in ctx.parts(&hash)? {
+                scan_corpus(ctx.open_blob(&part)?, p.n, &mut table, &mut stats, &what)?;
+            }
             corpora.push(stats);
         }
         let mut report = Vec::with_capacity(instances.len());

@@ -1,6 +1,5 @@
-//! Recorded external work, performed on several threads. `StageContext::observe` borrows the
-//! context mutably, so the work (an HTTP request, a program run in a container) happens on
-//! worker threads and only the recording happens on the stage's thread, in completion order.
+//! Recorded external work, performed on several threads: each worker performs a request (an
+//! HTTP request, a program run in a container) and records it through the unit's observer.
 //! A response is durable as soon as it is recorded: a run that fails half-way keeps what it
 //! performed, and the next run performs only the rest.
 
@@ -8,37 +7,26 @@ use anyhow::anyhow;
 use ledger::stage::StageContext;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 
-/// The error a probing `observe` returns when nothing is recorded (never surfaces).
-#[derive(Debug)]
-struct NotRecorded;
-
-impl std::fmt::Display for NotRecorded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("not recorded")
-    }
-}
-
-impl std::error::Error for NotRecorded {}
-
 /// The recorded response to each request, `None` where there is none. Performs nothing. In a
-/// replay an unrecorded request is an error (`observe` names it): replays never perform work.
+/// replay an unrecorded request is an error: replays never perform work.
 pub fn recorded(
-    ctx: &mut StageContext,
+    ctx: &StageContext,
     source: &str,
     requests: &[Vec<u8>],
 ) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
-    let mut out = Vec::with_capacity(requests.len());
-    for request in requests {
-        match ctx.observe(source, request, || Err(NotRecorded.into())) {
-            Ok(response) => out.push(Some(response)),
-            Err(e) if e.is::<NotRecorded>() => out.push(None),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(out)
+    requests
+        .iter()
+        .map(|request| match ctx.recorded(request)? {
+            None if ctx.replaying() => Err(anyhow!(
+                "{source} request {} was never recorded; a replay cannot perform it",
+                ledger::Hash::of(request).short()
+            )),
+            found => Ok(found),
+        })
+        .collect()
 }
 
 /// One performed request: its response and how long performing it took.
@@ -47,17 +35,14 @@ pub struct Performed {
     pub seconds: f64,
 }
 
-enum Message {
-    Done(usize, anyhow::Result<Vec<u8>>, f64),
-    WorkerFailed(anyhow::Error),
-}
-
 /// Performs `requests` on up to `workers` threads and records each response under `source`
-/// as it arrives. Each thread first builds its state with `start(worker_index)` (e.g. starts
-/// a container), then takes requests from a shared queue. The first error stops the others
-/// (they finish the request in hand, which is still recorded) and is returned.
+/// as it arrives, through the unit's observer (the stage contract's `Send + Clone` handle, so
+/// the recording happens from the worker threads). Each thread first builds its state with
+/// `start(worker_index)` (e.g. starts a container), then takes requests from a shared queue.
+/// The first error stops the others (they finish the request in hand, which is still
+/// recorded) and is returned.
 pub fn perform_all<W, S, P>(
-    ctx: &mut StageContext,
+    ctx: &StageContext,
     source: &str,
     requests: &[Vec<u8>],
     workers: usize,
@@ -74,61 +59,55 @@ where
     let workers = workers.clamp(1, requests.len());
     let queue: Mutex<VecDeque<usize>> = Mutex::new((0..requests.len()).collect());
     let stop = AtomicBool::new(false);
-    let mut done: Vec<Option<Performed>> = (0..requests.len()).map(|_| None).collect();
-    let mut first_error: Option<anyhow::Error> = None;
-    let (tx, rx) = mpsc::channel::<Message>();
+    let done: Mutex<Vec<Option<Performed>>> =
+        Mutex::new((0..requests.len()).map(|_| None).collect());
+    let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let fail = |e: anyhow::Error| {
+        stop.store(true, Ordering::SeqCst);
+        first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e);
+    };
+    let observer = ctx.observer();
+    let progress = ctx.progress();
     std::thread::scope(|scope| {
         for w in 0..workers {
-            let tx = tx.clone();
-            let (queue, stop, start, perform) = (&queue, &stop, &start, &perform);
+            let (queue, stop, start, perform, done, fail) =
+                (&queue, &stop, &start, &perform, &done, &fail);
             scope.spawn(move || {
                 let mut state = match start(w) {
                     Ok(s) => s,
-                    Err(e) => {
-                        let _ = tx.send(Message::WorkerFailed(e));
-                        return;
-                    }
+                    Err(e) => return fail(e),
                 };
                 while !stop.load(Ordering::SeqCst) {
                     let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
                     let Some(i) = next else { break };
                     let t = Instant::now();
-                    let result = perform(&mut state, &requests[i]);
-                    if tx
-                        .send(Message::Done(i, result, t.elapsed().as_secs_f64()))
-                        .is_err()
-                    {
-                        break;
+                    let mut seconds = 0.0;
+                    let answered = observer.observe(source, &requests[i], || {
+                        let response = perform(&mut state, &requests[i]);
+                        seconds = t.elapsed().as_secs_f64();
+                        response
+                    });
+                    match answered {
+                        Ok(response) => {
+                            done.lock().unwrap_or_else(|p| p.into_inner())[i] =
+                                Some(Performed { response, seconds });
+                            progress.inc(1);
+                        }
+                        Err(e) => return fail(e),
                     }
                 }
             });
         }
-        drop(tx);
-        for message in rx {
-            let failure = match message {
-                Message::Done(i, Ok(response), seconds) => {
-                    // Already performed: `observe` stores and records it, nothing runs twice.
-                    match ctx.observe(source, &requests[i], || Ok(response)) {
-                        Ok(response) => {
-                            done[i] = Some(Performed { response, seconds });
-                            ctx.progress().inc(1);
-                            None
-                        }
-                        Err(e) => Some(e),
-                    }
-                }
-                Message::Done(_, Err(e), _) | Message::WorkerFailed(e) => Some(e),
-            };
-            if let Some(e) = failure {
-                stop.store(true, Ordering::SeqCst);
-                first_error.get_or_insert(e);
-            }
-        }
     });
-    if let Some(e) = first_error {
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
-    done.into_iter()
+    done.into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
         .enumerate()
         .map(|(i, d)| d.ok_or_else(|| anyhow!("{source} request #{i} was never performed")))
         .collect()

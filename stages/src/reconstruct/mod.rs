@@ -47,6 +47,7 @@ pub mod python;
 use crate::record::{PrRecord, Sample, SampleCommit};
 use crate::shard::{self, ShardWriter};
 use ledger::config::{parse_params, ParamError};
+use ledger::plan::{Plan, PlanContext};
 use ledger::stage::{InputSpec, Stage, StageContext};
 use serde::{Deserialize, Serialize};
 
@@ -205,7 +206,7 @@ impl Stage for Reconstruct {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn description(&self) -> &'static str {
@@ -237,6 +238,16 @@ impl Stage for Reconstruct {
                 .map_err(|(key, message)| ParamError::new(format!("llm.{key}"), message))?;
         }
         Ok(serde_json::to_value(p).expect("params serialize"))
+    }
+
+    /// One unit per input shard (each with the requests it sends to the endpoint).
+    fn plan(&self, plan: &PlanContext) -> anyhow::Result<Plan> {
+        Ok(Plan::per_part(
+            plan,
+            "prs",
+            &[],
+            &[("samples", shard::MEDIA_TYPE)],
+        )?)
     }
 
     fn execute(&self, ctx: &mut StageContext) -> anyhow::Result<()> {

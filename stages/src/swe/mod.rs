@@ -3,8 +3,8 @@
 //!
 //! Everything a container answers goes through the ledger as an observation, so a replay
 //! rebuilds instances and trajectories bit for bit without an engine:
-//! - work runs on worker threads (one container each); the `StageContext` stays on the stage's
-//!   thread, which serves the workers' observation requests (`Recorder`, `serve`);
+//! - work runs on worker threads (one container each), each observing through the unit's
+//!   `Observer` (the stage contract's `Send + Clone` handle; `Recorder` here);
 //! - each container action is keyed by its session (a stable label: package, or instance +
 //!   run), its position, the hash of everything the session observed before it, and the
 //!   action itself: the same key means the same history, whatever the machine;
@@ -20,12 +20,9 @@ pub mod synthesize;
 
 use anyhow::{anyhow, Context};
 use env::container::{Container, ExecOutput, ExecRequest};
-use ledger::stage::StageContext;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Where base images' root filesystems are cached: `$DAVINCI_ENV_CACHE`, else
@@ -59,165 +56,9 @@ pub fn connect_engine() -> anyhow::Result<env::Engine> {
     Ok(engine)
 }
 
-struct Ask {
-    source: String,
-    request: Vec<u8>,
-    /// `None`: only look the request up.
-    response: Option<Vec<u8>>,
-    reply: Sender<anyhow::Result<Option<Vec<u8>>>>,
-}
-
-/// Counts of re-executed actions that matched (after normalization) and did not.
-#[derive(Default)]
-pub struct Reexecution {
-    pub actions: AtomicU64,
-    pub equivalent: AtomicU64,
-    pub differing: AtomicU64,
-}
-
-/// A worker's handle on the stage's observations.
-#[derive(Clone)]
-pub struct Recorder {
-    tx: Sender<Ask>,
-    pub replaying: bool,
-    pub reexecuting: bool,
-    pub reexecution: Arc<Reexecution>,
-}
-
-impl Recorder {
-    fn ask(
-        &self,
-        source: &str,
-        request: &[u8],
-        response: Option<Vec<u8>>,
-    ) -> anyhow::Result<Option<Vec<u8>>> {
-        let (reply, rx) = channel();
-        self.tx
-            .send(Ask {
-                source: source.into(),
-                request: request.to_vec(),
-                response,
-                reply,
-            })
-            .map_err(|_| anyhow!("the stage stopped serving observations"))?;
-        rx.recv()
-            .map_err(|_| anyhow!("the stage stopped serving observations"))?
-    }
-
-    /// Answers from the record, or fetches and records (never fetches in a replay).
-    pub fn observe(
-        &self,
-        source: &str,
-        request: &[u8],
-        fetch: impl FnOnce() -> anyhow::Result<Vec<u8>>,
-    ) -> anyhow::Result<Vec<u8>> {
-        if let Some(r) = self.ask(source, request, None)? {
-            return Ok(r);
-        }
-        let response = fetch()?;
-        Ok(self
-            .ask(source, request, Some(response))?
-            .expect("a recorded response"))
-    }
-
-    /// Performs an action whose effects later actions depend on: always in a run (then
-    /// recorded, the record winning), never in a replay, and again with `--reexecute`
-    /// (compared with the record).
-    pub fn execute(
-        &self,
-        source: &str,
-        request: &[u8],
-        perform: impl FnOnce() -> anyhow::Result<Vec<u8>>,
-    ) -> anyhow::Result<Vec<u8>> {
-        if self.replaying && !self.reexecuting {
-            return Ok(self
-                .ask(source, request, None)?
-                .expect("a replay answers from the record or fails"));
-        }
-        let live = perform()?;
-        if self.reexecuting {
-            let recorded = self
-                .ask(source, request, None)?
-                .expect("a replay answers from the record or fails");
-            self.reexecution.actions.fetch_add(1, Ordering::Relaxed);
-            let (a, b) = (normalize(&recorded), normalize(&live));
-            if a == b {
-                self.reexecution.equivalent.fetch_add(1, Ordering::Relaxed);
-            } else {
-                self.reexecution.differing.fetch_add(1, Ordering::Relaxed);
-                let at = a
-                    .chars()
-                    .zip(b.chars())
-                    .position(|(x, y)| x != y)
-                    .unwrap_or(a.chars().count().min(b.chars().count()));
-                let around = |s: &str| {
-                    s.chars()
-                        .skip(at.saturating_sub(80))
-                        .take(160)
-                        .collect::<String>()
-                };
-                tracing::warn!(
-                    source,
-                    request = %String::from_utf8_lossy(&request[..request.len().min(200)]),
-                    recorded = %around(&a),
-                    live = %around(&b),
-                    "re-executed action differs from the record"
-                );
-            }
-            return Ok(recorded);
-        }
-        Ok(self
-            .ask(source, request, Some(live))?
-            .expect("a recorded response"))
-    }
-}
-
-/// Runs `work` with a `Recorder` on worker threads while this thread serves their
-/// observations through `ctx`. Returns the workers' results in order.
-pub fn with_recorder<T: Send>(
-    ctx: &mut StageContext,
-    work: impl FnOnce(&Recorder) -> T + Send,
-) -> anyhow::Result<(T, Arc<Reexecution>)> {
-    let (tx, rx) = channel::<Ask>();
-    let recorder = Recorder {
-        tx,
-        replaying: ctx.replaying(),
-        reexecuting: ctx.reexecuting(),
-        reexecution: Arc::new(Reexecution::default()),
-    };
-    let stats = recorder.reexecution.clone();
-    let out = std::thread::scope(|s| {
-        let handle = s.spawn(move || {
-            let r = recorder;
-            work(&r)
-        });
-        serve(ctx, rx);
-        handle.join()
-    });
-    match out {
-        Ok(v) => Ok((v, stats)),
-        Err(p) => std::panic::resume_unwind(p),
-    }
-}
-
-fn serve(ctx: &mut StageContext, rx: Receiver<Ask>) {
-    while let Ok(ask) = rx.recv() {
-        let answer = match ask.response {
-            None => match ctx.recorded(&ask.request) {
-                Ok(None) if ctx.replaying() => Err(anyhow!(
-                    "{} request {} was never recorded; a replay cannot perform it",
-                    ask.source,
-                    ledger::Hash::of(&ask.request).short()
-                )),
-                other => other,
-            },
-            Some(response) => ctx
-                .observe(&ask.source, &ask.request, || Ok(response))
-                .map(Some),
-        };
-        let _ = ask.reply.send(answer);
-    }
-}
+/// A unit's handle on its observations (the stage contract's `Observer`: `Send + Clone`, for
+/// the worker threads of a unit).
+pub type Recorder = ledger::observe::Observer;
 
 /// Runs `job(i)` for `i` in `0..n` on up to `workers` threads and returns the results in
 /// order. After the first error no new job starts (`None` marks the ones that did not run).
@@ -348,9 +189,9 @@ impl<'r, 'c> Session<'r, 'c> {
         perform: impl FnOnce() -> anyhow::Result<R>,
     ) -> anyhow::Result<R> {
         let request = self.key(action);
-        let response = self
-            .recorder
-            .execute(source, &request, || Ok(serde_json::to_vec(&perform()?)?))?;
+        let response = self.recorder.execute(source, &request, normalize, || {
+            Ok(serde_json::to_vec(&perform()?)?)
+        })?;
         self.advance(&request, &response);
         serde_json::from_slice(&response)
             .with_context(|| format!("{}: recorded {source} response is not valid", self.label))

@@ -33,17 +33,17 @@ use super::policy::{
     Scripted, TurnContext, SYSTEM_PROMPT,
 };
 use super::synthesize::{jsonl, Environment};
-use super::{connect_engine, env_cache_dir, parallel_jobs, with_recorder, Recorder, Session};
+use super::{connect_engine, env_cache_dir, Recorder, Session};
 use anyhow::{anyhow, bail, Context};
 use env::grading::{evaluate, GradeOptions, GradeReport};
 use env::instance::TaskInstance;
 use env::repo_image::GIT_FIXED;
 use env::tools::{ToolResult, Tools};
 use ledger::config::{parse_params, ParamError};
+use ledger::plan::{Compose, Plan, PlanContext, Source, Unit, UnitSpec};
 use ledger::stage::{InputSpec, Stage, StageContext};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -182,7 +182,7 @@ pub struct RolloutRecord {
     pub messages: Vec<ChatMessage>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct RunScore {
     run: u32,
     resolved: bool,
@@ -193,7 +193,7 @@ struct RunScore {
     stop_reason: String,
     tests_timed_out: bool,
     /// The cascade step that applied the patch.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     apply_method: Option<String>,
     /// The official harness's verdict on the same log; differs from `resolved` only where
     /// a pass was refused (`refused` tests).
@@ -288,185 +288,270 @@ impl Stage for Rollout {
         Ok(serde_json::to_value(p).expect("params serialize"))
     }
 
+    /// One unit per instance and run (`rollout.<instance>.<run>`: a container, a policy, a
+    /// grading), then a `summary` unit that makes the trajectories, D_pass / D_fail, the score
+    /// and the predictions from theirs. Adding an instance runs only its rollouts again.
+    fn plan(&self, plan: &PlanContext) -> anyhow::Result<Plan> {
+        let p: Params = plan.params()?;
+        let instances = parse_instances(
+            &plan.read_whole(&plan.input("instances").expect("a required input"))?,
+            p.limit,
+        )?;
+        let shared: Vec<(String, Source)> = plan
+            .inputs
+            .iter()
+            .map(|(n, h)| (n.clone(), Source::Blob(*h)))
+            .collect();
+        let mut units = Vec::new();
+        let mut summary_inputs = shared.clone();
+        for inst in &instances {
+            for run in 0..p.runs {
+                let id = rollout_unit(&inst.instance_id, run);
+                for output in ["record", "score"] {
+                    summary_inputs.push((
+                        format!("{output}/{id}"),
+                        Source::Unit {
+                            unit: id.clone(),
+                            output: output.into(),
+                        },
+                    ));
+                }
+                units.push(UnitSpec {
+                    unit: Unit {
+                        id,
+                        params: serde_json::json!({ "instance": inst.instance_id, "run": run }),
+                    },
+                    inputs: shared.clone(),
+                });
+            }
+        }
+        units.push(UnitSpec {
+            unit: Unit {
+                id: SUMMARY_UNIT.into(),
+                params: serde_json::Value::Null,
+            },
+            inputs: summary_inputs,
+        });
+        let outputs = ["trajectories", "pass", "fail", "score", "predictions"]
+            .into_iter()
+            .map(|name| {
+                (
+                    name.to_string(),
+                    Compose::Unit {
+                        unit: SUMMARY_UNIT.into(),
+                        output: name.into(),
+                    },
+                )
+            })
+            .collect();
+        Ok(Plan { units, outputs })
+    }
+
+    /// Rollouts are counted by the summary, which sees them all.
+    fn combine_metrics(&self, units: &[Vec<(String, f64)>]) -> Vec<(String, f64)> {
+        units.last().cloned().unwrap_or_default()
+    }
+
     fn execute(&self, ctx: &mut StageContext) -> anyhow::Result<()> {
         let p: Params = ctx.params()?;
-        let seed = ctx.seed();
-        let text = String::from_utf8(ctx.read_input("instances")?)
-            .context("input `instances` is not UTF-8")?;
-        let mut instances = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            instances.push(
-                env::instance::parse_instance(line)
-                    .with_context(|| format!("input `instances`, line {}", i + 1))?,
-            );
+        let instances = parse_instances(&ctx.read_whole(&ctx.input("instances")?)?, p.limit)?;
+        let unit = ctx.unit().map(|u| u.id.clone()).unwrap_or_default();
+        if unit == SUMMARY_UNIT {
+            return summarize(ctx, &p, &instances);
         }
-        if p.limit > 0 {
-            instances.truncate(p.limit);
+        #[derive(Deserialize)]
+        struct One {
+            instance: String,
+            run: u32,
         }
-        if instances.is_empty() {
-            bail!("input `instances` holds no task instance");
-        }
-        let tokenizer = crate::train::load_tokenizer(ctx, true)?;
-        let policy: Option<Box<dyn Policy>> = match &p.policy {
-            PolicyParams::Scripted { withhold_fraction } => Some(Box::new(Scripted {
-                withhold_fraction: *withhold_fraction,
-            })),
-            PolicyParams::Endpoint(e) => Some(Box::new(Endpoint::new(e.clone()))),
-            PolicyParams::Checkpoint {
-                max_new_tokens,
-                temperature,
-            } => {
-                let tok = tokenizer
-                    .clone()
-                    .context("the checkpoint policy needs a `tokenizer` input")?;
-                let cfg_hash = ctx
-                    .input("config")
-                    .context("the checkpoint policy needs a `config` input")?;
-                let config: model::config::Qwen2Config =
-                    serde_json::from_slice(&ctx.read_blob(&cfg_hash)?)
-                        .context("input `config` is not a Qwen2 config.json")?;
-                config.validate()?;
-                let model_hash = ctx
-                    .input("model")
-                    .context("the checkpoint policy needs a `model` input")?;
-                let model = model::qwen2::Qwen2::from_safetensors(
-                    &config,
-                    &ctx.read_blob(&model_hash)?,
-                    &model::Device::Cpu,
-                )
-                .context("input `model`")?;
-                if tok.get_vocab_size(true) > config.vocab_size {
-                    bail!(
-                        "the tokenizer has {} tokens but the model's vocab_size is {}",
-                        tok.get_vocab_size(true),
-                        config.vocab_size
-                    );
-                }
-                Some(Box::new(Checkpoint {
-                    model,
-                    tokenizer: tok,
-                    label: format!("model {}", model_hash.short()),
-                    max_new_tokens: *max_new_tokens,
-                    temperature: *temperature,
-                    context: config.max_position_embeddings,
-                }))
-            }
-            PolicyParams::Gold | PolicyParams::Empty | PolicyParams::Predictions => None,
-        };
-        let predictions: BTreeMap<String, String> = match p.policy {
-            PolicyParams::Predictions => read_predictions(
-                &ctx.read_input("predictions")
-                    .context("the predictions policy needs a `predictions` input")?,
-            )?,
-            _ => BTreeMap::new(),
-        };
-        let policy_name = match (&policy, &p.policy) {
-            (Some(pol), _) => pol.describe(),
-            (None, PolicyParams::Gold) => "gold-patch".into(),
-            (None, PolicyParams::Empty) => "empty-patch".into(),
-            (None, _) => "predictions-file".into(),
-        };
-
-        // Everything a rollout reads from the ledger is read here, on the stage's thread.
-        let mut archives: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-        for inst in &instances {
-            if let Some(env) = environment(inst)? {
-                if !archives.contains_key(&env.archive) {
-                    let h = ledger::Hash::from_hex(&env.archive).with_context(|| {
-                        format!(
-                            "{}: environment.archive is not a BLAKE3 hash",
-                            inst.instance_id
-                        )
-                    })?;
-                    archives.insert(
-                        env.archive.clone(),
-                        ctx.read_blob(&h).with_context(|| {
-                            format!(
-                                "{}: the sdist artifact {} is not in the store",
-                                inst.instance_id,
-                                h.short()
-                            )
-                        })?,
-                    );
-                }
-            }
-        }
+        let one: One = ctx.unit_params()?;
+        let inst = instances
+            .iter()
+            .find(|i| i.instance_id == one.instance)
+            .with_context(|| format!("input `instances` has no instance `{}`", one.instance))?;
+        let prepared = prepare(ctx, &p, std::slice::from_ref(inst))?;
         let engine = if ctx.replaying() && !ctx.reexecuting() {
             None
         } else {
             Some(connect_engine()?)
         };
-        let jobs: Vec<(usize, u32)> = (0..instances.len())
-            .flat_map(|i| (0..p.runs).map(move |r| (i, r)))
-            .collect();
-        let progress = ctx.progress().clone();
-        progress.set_length(jobs.len() as u64);
-        progress.set_message(format!("rollouts ({policy_name})"));
         let env_images = Mutex::new(BTreeMap::<String, String>::new());
-        let (results, reexec) = with_recorder(ctx, |rec| {
-            parallel_jobs(jobs.len(), p.parallel, |j| {
-                let (i, run) = jobs[j];
-                let inst = &instances[i];
-                let r = one_rollout(
-                    rec,
-                    engine.as_ref(),
-                    &env_images,
-                    &archives,
-                    &p,
-                    policy.as_deref(),
-                    &policy_name,
-                    &predictions,
-                    tokenizer.as_ref(),
-                    inst,
-                    run,
-                    seed,
-                )
-                .with_context(|| format!("rollout {} #{run}", inst.instance_id));
-                progress.inc(1);
-                r
-            })
-        })?;
-        if ctx.reexecuting() {
-            ctx.metric(
-                "reexecute.actions",
-                reexec.actions.load(Ordering::SeqCst) as f64,
-            );
-            ctx.metric(
-                "reexecute.equivalent",
-                reexec.equivalent.load(Ordering::SeqCst) as f64,
-            );
-            ctx.metric(
-                "reexecute.differing",
-                reexec.differing.load(Ordering::SeqCst) as f64,
-            );
+        let (record, score) = one_rollout(
+            ctx.observer(),
+            engine.as_ref(),
+            &env_images,
+            &prepared.archives,
+            &p,
+            prepared.policy.as_deref(),
+            &prepared.policy_name,
+            &prepared.predictions,
+            prepared.tokenizer.as_ref(),
+            inst,
+            one.run,
+            ctx.seed(),
+        )
+        .with_context(|| format!("rollout {} #{}", inst.instance_id, one.run))?;
+        ctx.write_output("record", "application/json", &serde_json::to_vec(&record)?)?;
+        ctx.write_output("score", "application/json", &serde_json::to_vec(&score)?)?;
+        Ok(())
+    }
+}
+
+/// The summary unit's name, and a rollout unit's.
+const SUMMARY_UNIT: &str = "summary";
+
+fn rollout_unit(instance: &str, run: u32) -> String {
+    format!("rollout.{instance}.{run}")
+}
+
+/// The task instances of the input, at most `limit` (all when 0).
+fn parse_instances(bytes: &[u8], limit: usize) -> anyhow::Result<Vec<TaskInstance>> {
+    let text = std::str::from_utf8(bytes).context("input `instances` is not UTF-8")?;
+    let mut instances = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
         }
-        let mut records = Vec::new();
-        let mut scores: BTreeMap<String, Vec<RunScore>> = BTreeMap::new();
-        for r in results {
-            match r {
-                Some(Ok((rec, score))) => {
-                    scores
-                        .entry(rec.instance_id.clone())
-                        .or_default()
-                        .push(score);
-                    records.push(rec);
-                }
-                Some(Err(e)) => return Err(e),
-                None => {}
+        instances.push(
+            env::instance::parse_instance(line)
+                .with_context(|| format!("input `instances`, line {}", i + 1))?,
+        );
+    }
+    if limit > 0 {
+        instances.truncate(limit);
+    }
+    if instances.is_empty() {
+        bail!("input `instances` holds no task instance");
+    }
+    Ok(instances)
+}
+
+/// What every rollout unit reads from the ledger before its container starts.
+struct Prepared {
+    tokenizer: Option<tokenizers::Tokenizer>,
+    policy: Option<Box<dyn Policy>>,
+    policy_name: String,
+    predictions: BTreeMap<String, String>,
+    archives: BTreeMap<String, Vec<u8>>,
+}
+
+fn prepare(ctx: &StageContext, p: &Params, instances: &[TaskInstance]) -> anyhow::Result<Prepared> {
+    let tokenizer = crate::train::load_tokenizer(ctx, true)?;
+    let policy: Option<Box<dyn Policy>> = match &p.policy {
+        PolicyParams::Scripted { withhold_fraction } => Some(Box::new(Scripted {
+            withhold_fraction: *withhold_fraction,
+        })),
+        PolicyParams::Endpoint(e) => Some(Box::new(Endpoint::new(e.clone()))),
+        PolicyParams::Checkpoint {
+            max_new_tokens,
+            temperature,
+        } => {
+            let tok = tokenizer
+                .clone()
+                .context("the checkpoint policy needs a `tokenizer` input")?;
+            let cfg_hash = ctx
+                .input("config")
+                .context("the checkpoint policy needs a `config` input")?;
+            let config: model::config::Qwen2Config =
+                serde_json::from_slice(&ctx.read_blob(&cfg_hash)?)
+                    .context("input `config` is not a Qwen2 config.json")?;
+            config.validate()?;
+            let model_hash = ctx
+                .input("model")
+                .context("the checkpoint policy needs a `model` input")?;
+            let model = model::qwen2::Qwen2::from_safetensors(
+                &config,
+                &ctx.read_blob(&model_hash)?,
+                &model::Device::Cpu,
+            )
+            .context("input `model`")?;
+            if tok.get_vocab_size(true) > config.vocab_size {
+                bail!(
+                    "the tokenizer has {} tokens but the model's vocab_size is {}",
+                    tok.get_vocab_size(true),
+                    config.vocab_size
+                );
+            }
+            Some(Box::new(Checkpoint {
+                model,
+                tokenizer: tok,
+                label: format!("model {}", model_hash.short()),
+                max_new_tokens: *max_new_tokens,
+                temperature: *temperature,
+                context: config.max_position_embeddings,
+            }))
+        }
+        PolicyParams::Gold | PolicyParams::Empty | PolicyParams::Predictions => None,
+    };
+    let predictions: BTreeMap<String, String> = match p.policy {
+        PolicyParams::Predictions => read_predictions(
+            &ctx.read_input("predictions")
+                .context("the predictions policy needs a `predictions` input")?,
+        )?,
+        _ => BTreeMap::new(),
+    };
+    let policy_name = match (&policy, &p.policy) {
+        (Some(pol), _) => pol.describe(),
+        (None, PolicyParams::Gold) => "gold-patch".into(),
+        (None, PolicyParams::Empty) => "empty-patch".into(),
+        (None, _) => "predictions-file".into(),
+    };
+
+    // Everything a rollout reads from the ledger is read here, on the stage's thread.
+    let mut archives: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for inst in instances {
+        if let Some(env) = environment(inst)? {
+            if !archives.contains_key(&env.archive) {
+                let h = ledger::Hash::from_hex(&env.archive).with_context(|| {
+                    format!(
+                        "{}: environment.archive is not a BLAKE3 hash",
+                        inst.instance_id
+                    )
+                })?;
+                archives.insert(
+                    env.archive.clone(),
+                    ctx.read_blob(&h).with_context(|| {
+                        format!(
+                            "{}: the sdist artifact {} is not in the store",
+                            inst.instance_id,
+                            h.short()
+                        )
+                    })?,
+                );
             }
         }
-        if records.len() != jobs.len() {
-            bail!(
-                "{} of {} rollouts did not run",
-                jobs.len() - records.len(),
-                jobs.len()
-            );
-        }
-        write_outputs(ctx, &p, &policy_name, &instances, records, scores)
     }
+    Ok(Prepared {
+        tokenizer,
+        policy,
+        policy_name,
+        predictions,
+        archives,
+    })
+}
+
+/// The summary unit: every rollout's record and score, in instance and run order.
+fn summarize(ctx: &mut StageContext, p: &Params, instances: &[TaskInstance]) -> anyhow::Result<()> {
+    let mut records = Vec::new();
+    let mut scores: BTreeMap<String, Vec<RunScore>> = BTreeMap::new();
+    let mut policy_name = String::new();
+    for inst in instances {
+        for run in 0..p.runs {
+            let id = rollout_unit(&inst.instance_id, run);
+            let record: RolloutRecord =
+                serde_json::from_slice(&ctx.read_input(&format!("record/{id}"))?)
+                    .with_context(|| format!("the record of {id} is not valid"))?;
+            let score: RunScore = serde_json::from_slice(&ctx.read_input(&format!("score/{id}"))?)
+                .with_context(|| format!("the score of {id} is not valid"))?;
+            policy_name.clone_from(&record.policy);
+            scores
+                .entry(record.instance_id.clone())
+                .or_default()
+                .push(score);
+            records.push(record);
+        }
+    }
+    write_outputs(ctx, p, &policy_name, instances, records, scores)
 }
 
 fn write_outputs(

@@ -21,7 +21,7 @@
 //! Outputs: `instances`, `heldout` (SWE-bench JSONL), `image` (the base image manifest),
 //! `report` (per package: tests, candidates, kept, reasons).
 
-use super::{connect_engine, env_cache_dir, parallel_jobs, with_recorder, Recorder, Session};
+use super::{connect_engine, env_cache_dir, parallel_jobs, Recorder, Session};
 use crate::pypi::PypiFile;
 use anyhow::{bail, Context};
 use env::container::shell_quote;
@@ -278,22 +278,21 @@ impl Stage for Synthesize {
         progress.set_length(p.packages.len() as u64);
         progress.set_message("synthesizing instances");
         let base_tag = base.as_ref().map(|b| b.tag.clone());
-        let (results, _) = with_recorder(ctx, |rec| {
-            parallel_jobs(p.packages.len(), p.parallel, |i| {
-                let r = synthesize_package(
-                    rec,
-                    engine.as_ref(),
-                    base_tag.as_deref(),
-                    &p,
-                    &p.packages[i],
-                    &archives[i],
-                    seed,
-                )
-                .with_context(|| format!("package {}", p.packages[i].file().label()));
-                progress.inc(1);
-                r
-            })
-        })?;
+        let rec = ctx.observer().clone();
+        let results = parallel_jobs(p.packages.len(), p.parallel, |i| {
+            let r = synthesize_package(
+                &rec,
+                engine.as_ref(),
+                base_tag.as_deref(),
+                &p,
+                &p.packages[i],
+                &archives[i],
+                seed,
+            )
+            .with_context(|| format!("package {}", p.packages[i].file().label()));
+            progress.inc(1);
+            r
+        });
 
         let (mut train, mut heldout, mut reports) = (Vec::new(), Vec::new(), Vec::new());
         for (pkg, r) in p.packages.iter().zip(results) {

@@ -143,12 +143,33 @@ impl Stage for Midtrain {
             bail!("input `env` (trajectories) needs a `tokenizer` input");
         }
 
-        // Shards first: their errors (empty, corrupt) come before anything else.
+        // Shards first: their errors (empty, corrupt) come before anything else. An input may
+        // be a manifest of token shards (one per `tokenize` unit): each is packed on its own.
         let mut shards = Vec::new();
         for name in ["ctx_gen", "ctx_py"] {
             if let Some(h) = optional_input(ctx, name) {
-                let shard = parse_shard(&ctx.read_blob(&h)?, &format!("input `{name}`"))?;
-                shards.push((name, shard));
+                let parts = ctx.parts(&h)?;
+                let mut kept = 0;
+                for (i, part) in parts.iter().enumerate() {
+                    let what = if parts.len() == 1 {
+                        format!("input `{name}`")
+                    } else {
+                        format!("input `{name}`, shard {} of {}", i + 1, parts.len())
+                    };
+                    match parse_shard(&ctx.read_blob(part)?, &what) {
+                        Ok(shard) => {
+                            kept += 1;
+                            shards.push((name, shard));
+                        }
+                        // A shard all of whose samples were too long holds no tokens.
+                        Err(e)
+                            if parts.len() > 1 && e.to_string().contains("empty token shard") => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                if kept == 0 {
+                    bail!("input `{name}` holds no tokens in any of its {} shards: nothing to train on", parts.len());
+                }
             }
         }
         let mut seq_len = p.seq_len;
@@ -168,19 +189,33 @@ impl Stage for Midtrain {
         // Sources → (train examples, heldout examples), by input name.
         let mut sources: Vec<(&str, Vec<Example>, Vec<Example>)> = Vec::new();
         let mut heldout = Vec::new();
-        for (name, s) in &shards {
-            let seqs = pack(&s.tokens, s.n_tokens as usize, s.seq_len, s.pad_id);
+        for name in ["ctx_gen", "ctx_py"] {
+            let of_name: Vec<&Shard> = shards
+                .iter()
+                .filter(|(n, _)| *n == name)
+                .map(|(_, s)| s)
+                .collect();
+            if of_name.is_empty() {
+                continue;
+            }
+            // Each shard is packed on its own (its last sequence padded), then all are split.
+            let seqs: Vec<Example> = of_name
+                .iter()
+                .flat_map(|s| pack(&s.tokens, s.n_tokens as usize, s.seq_len, s.pad_id))
+                .collect();
+            let tokens: u64 = of_name.iter().map(|s| s.n_tokens).sum();
             let (train, held) = split(seqs, &p, seed, name);
             ctx.metric(
                 &format!("data.{name}.sequences"),
                 (train.len() + held.len()) as f64,
             );
-            ctx.metric(&format!("data.{name}.tokens"), s.n_tokens as f64);
+            ctx.metric(&format!("data.{name}.tokens"), tokens as f64);
             heldout.extend(held);
             sources.push((name, train, Vec::new()));
         }
         if let (Some(h), Some(tok)) = (optional_input(ctx, "env"), tokenizer.as_ref()) {
-            let text = String::from_utf8(ctx.read_blob(&h)?).context("input `env` is not UTF-8")?;
+            let text =
+                String::from_utf8(ctx.read_whole(&h)?).context("input `env` is not UTF-8")?;
             let trajs = model::chat::parse_trajectories(&text).context("input `env`")?;
             if trajs.is_empty() {
                 bail!("input `env` has no trajectories");

@@ -75,7 +75,7 @@ impl Stage for Sft {
         let seed = ctx.seed();
         let tok = load_tokenizer(ctx, true)?.context("sft needs a `tokenizer` input")?;
         let config = model_config(ctx, &p, Some(&tok), None)?;
-        let text = String::from_utf8(ctx.read_input("trajectories")?)
+        let text = String::from_utf8(ctx.read_whole(&ctx.input("trajectories")?)?)
             .context("input `trajectories` is not UTF-8")?;
         let all = parse_trajectories(&text).context("input `trajectories`")?;
         let strong = p.setting.as_deref() == Some("strong");
