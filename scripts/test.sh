@@ -13,6 +13,10 @@ export DAVINCI_ENV_CACHE="${DAVINCI_ENV_CACHE:-$PWD/target/env-cache}"
 # with this set a missing harness fails that test instead of skipping it.
 export SWEBENCH_HARNESS_PYTHON="$(bash scripts/swebench-harness.sh)"
 export SWEBENCH_REQUIRE_HARNESS=1
+# A one-node Slurm cluster (slurm-wlm + munge, started by hand) for the Slurm executor's
+# tests; with this set a missing cluster fails them instead of skipping them.
+bash scripts/slurm.sh
+export LEDGER_REQUIRE_SLURM=1
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi

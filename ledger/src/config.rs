@@ -365,7 +365,11 @@ impl Experiment {
                 };
                 for (name, reference) in t {
                     let key = format!("inputs.{name}");
-                    let Some(spec) = stage.inputs().iter().find(|i| i.name == name) else {
+                    let accepted = stage
+                        .inputs()
+                        .iter()
+                        .any(|i| i.name == name || i.name == crate::stage::ANY_INPUT);
+                    if !accepted {
                         return Err(err(
                             line,
                             Some(&key),
@@ -374,7 +378,7 @@ impl Experiment {
                                 list(stage.inputs().iter().map(|i| i.name))
                             ),
                         ));
-                    };
+                    }
                     let reference = match reference.as_str() {
                         Some(r) if r.len() > 1 && r.starts_with('@') => {
                             Some(InputRef::Artifact(r[1..].to_string()))
@@ -393,11 +397,14 @@ impl Experiment {
                                 .into(),
                         ));
                     };
-                    inputs.insert(spec.name.to_string(), reference);
+                    inputs.insert(name.to_string(), reference);
                 }
             }
             for spec in stage.inputs() {
-                if spec.required && !inputs.contains_key(spec.name) {
+                if spec.required
+                    && spec.name != crate::stage::ANY_INPUT
+                    && !inputs.contains_key(spec.name)
+                {
                     return Err(err(
                         Some(first_line),
                         Some("inputs"),
@@ -470,15 +477,18 @@ impl Experiment {
                         ),
                     ));
                 };
-                let outputs = registry.get(&producer.stage).expect("checked").outputs();
-                if !outputs.contains(&output.as_str()) {
+                let outputs = registry
+                    .get(&producer.stage)
+                    .expect("checked")
+                    .outputs_for(&producer.config);
+                if !outputs.iter().any(|o| o == output) {
                     return Err(err(
                         Some(node.inputs_line),
                         Some(&key),
                         format!(
                             "stage `{from}` ({}) has no output `{output}`; its outputs: {}",
                             producer.stage,
-                            list(outputs.iter().copied())
+                            list(outputs.iter().map(String::as_str))
                         ),
                     ));
                 }

@@ -267,7 +267,7 @@ pub fn run(
                         &bar,
                     )
                     .and_then(|done| {
-                        check_outputs(stage.outputs(), &done.outputs, &node.id)?;
+                        check_outputs(&stage.outputs_for(&node.config), &done.outputs, &node.id)?;
                         Ok(done)
                     });
                     match executed {
@@ -902,9 +902,9 @@ fn cached_run(ledger: &Ledger, key: &Hash) -> Result<Option<(u64, StageRun)>> {
     Ok(intact.then_some((seq, run)))
 }
 
-fn check_outputs(declared: &[&str], outputs: &[Output], node: &str) -> Result<()> {
+fn check_outputs(declared: &[String], outputs: &[Output], node: &str) -> Result<()> {
     for name in declared {
-        if !outputs.iter().any(|o| o.name == *name) {
+        if !outputs.iter().any(|o| &o.name == name) {
             return Err(Error::Invalid(format!(
                 "stage `{node}` finished without producing its output `{name}`"
             )));

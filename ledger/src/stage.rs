@@ -19,10 +19,14 @@ use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Copy, Debug)]
 pub struct InputSpec {
+    /// The input's name; `*` accepts inputs of any name (a stage taking however many).
     pub name: &'static str,
     pub required: bool,
     pub description: &'static str,
 }
+
+/// The name of an `InputSpec` that accepts inputs of any name.
+pub const ANY_INPUT: &str = "*";
 
 /// Something outside the ledger that a configuration reads. The runner ingests it as an
 /// artifact before keying, so a changed file (or a moved git branch) is a different action.
@@ -53,6 +57,11 @@ pub trait Stage: Send + Sync {
     fn description(&self) -> &'static str;
     fn inputs(&self) -> &'static [InputSpec];
     fn outputs(&self) -> &'static [&'static str];
+    /// The outputs a configuration produces (a stage whose outputs depend on its parameters,
+    /// such as `command`, says so here); by default `outputs`.
+    fn outputs_for(&self, _config: &serde_json::Value) -> Vec<String> {
+        self.outputs().iter().map(|o| o.to_string()).collect()
+    }
     /// Validates the parameter table and returns the canonical config, defaults filled in.
     fn check(&self, params: toml::Table) -> Result<serde_json::Value, ParamError>;
     /// Files outside the ledger this configuration reads, relative paths resolved against

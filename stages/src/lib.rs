@@ -1,6 +1,7 @@
 //! The pipeline's stages, one module each. `registry()` is the list the binary runs with.
 
 pub mod collect;
+pub mod command;
 pub mod evaluate;
 pub mod filter;
 pub mod http;
@@ -20,6 +21,7 @@ use ledger::stage::Registry;
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(Box::new(collect::Collect));
+    r.register(Box::new(command::Command));
     r.register(Box::new(evaluate::humaneval::HumanEval));
     r.register(Box::new(evaluate::leakcheck::LeakCheck));
     r.register(Box::new(filter::Filter));

@@ -297,13 +297,20 @@ impl Stage for Rollout {
             &plan.read_whole(&plan.input("instances").expect("a required input"))?,
             p.limit,
         )?;
+        // A rollout reads its own instance (in its parameters), not the instances file: adding
+        // an instance leaves every other rollout's key, and cached result, as it was.
         let shared: Vec<(String, Source)> = plan
+            .inputs
+            .iter()
+            .filter(|(n, _)| n != "instances")
+            .map(|(n, h)| (n.clone(), Source::Blob(*h)))
+            .collect();
+        let mut units = Vec::new();
+        let mut summary_inputs: Vec<(String, Source)> = plan
             .inputs
             .iter()
             .map(|(n, h)| (n.clone(), Source::Blob(*h)))
             .collect();
-        let mut units = Vec::new();
-        let mut summary_inputs = shared.clone();
         for inst in &instances {
             for run in 0..p.runs {
                 let id = rollout_unit(&inst.instance_id, run);
@@ -319,7 +326,7 @@ impl Stage for Rollout {
                 units.push(UnitSpec {
                     unit: Unit {
                         id,
-                        params: serde_json::json!({ "instance": inst.instance_id, "run": run }),
+                        params: serde_json::json!({ "instance": inst, "run": run }),
                     },
                     inputs: shared.clone(),
                 });
@@ -354,21 +361,18 @@ impl Stage for Rollout {
 
     fn execute(&self, ctx: &mut StageContext) -> anyhow::Result<()> {
         let p: Params = ctx.params()?;
-        let instances = parse_instances(&ctx.read_whole(&ctx.input("instances")?)?, p.limit)?;
         let unit = ctx.unit().map(|u| u.id.clone()).unwrap_or_default();
         if unit == SUMMARY_UNIT {
+            let instances = parse_instances(&ctx.read_whole(&ctx.input("instances")?)?, p.limit)?;
             return summarize(ctx, &p, &instances);
         }
         #[derive(Deserialize)]
         struct One {
-            instance: String,
+            instance: TaskInstance,
             run: u32,
         }
         let one: One = ctx.unit_params()?;
-        let inst = instances
-            .iter()
-            .find(|i| i.instance_id == one.instance)
-            .with_context(|| format!("input `instances` has no instance `{}`", one.instance))?;
+        let inst = &one.instance;
         let prepared = prepare(ctx, &p, std::slice::from_ref(inst))?;
         let engine = if ctx.replaying() && !ctx.reexecuting() {
             None
