@@ -96,6 +96,21 @@ source = ["inflection"]
 tests = ["test_inflection.py"]
 "#;
 
+fn slurm_up() -> bool {
+    let up = std::process::Command::new("sinfo")
+        .arg("-h")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !up {
+        assert!(
+            std::env::var_os("LEDGER_REQUIRE_SLURM").is_none(),
+            "LEDGER_REQUIRE_SLURM is set but no Slurm cluster answers (run scripts/slurm.sh)"
+        );
+        eprintln!("SKIPPED the Slurm half: no Slurm cluster answers `sinfo`");
+    }
+    up
+}
+
 fn docker_available() -> bool {
     let ok = std::process::Command::new("docker")
         .arg("info")
@@ -346,6 +361,40 @@ policy = {{ kind = "endpoint", base_url = "{llm}", model = "local-test" }}
     assert!(actions["actions"].as_u64().unwrap() >= 1, "{r}");
     assert_eq!(actions["differing"], 0, "{r}");
     assert_eq!(r["verdict"], "bit_identical");
+
+    // The same rollouts as Slurm tasks (their containers started from the tasks) give the
+    // same outputs, byte for byte: on a copy of this ledger, with a parameter that changes the
+    // rollouts' action keys but not their work (`parallel`), so they execute again and are
+    // answered from the same record as here.
+    if slurm_up() {
+        let cluster = Ledger::new();
+        common::copy_dir(&l.dir, &cluster.dir);
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("uses = \"rollout\"", "uses = \"rollout\"\nparallel = 3");
+        let again = cluster.config("env.toml", &text);
+        let by_slurm = cluster
+            .ok([
+                "run",
+                "--json",
+                "--no-progress",
+                "--executor",
+                "slurm",
+                again.to_str().unwrap(),
+            ])
+            .json();
+        for s in report["steps"].as_array().unwrap() {
+            let node = s["node"].as_str().unwrap();
+            if s["stage"] == "rollout" {
+                assert_eq!(step(&by_slurm, node)["outcome"], "Executed", "{by_slurm:#}");
+            }
+            assert_eq!(
+                step(&by_slurm, node)["outputs"],
+                s["outputs"],
+                "{node}: the Slurm executor made other outputs"
+            );
+        }
+    }
 
     // A tampered container answer: the replay names the damaged record instead of rebuilding
     // from it, and verify names the trajectories built from it.

@@ -7,8 +7,8 @@
 mod common;
 
 use common::{
-    b3, frames_of, git, ingest_pack_config, python_repo, sigkill, step, step_output, Ledger,
-    Output, Rng, PIPELINE_CONFIG,
+    b3, copy_dir, frames_of, git, ingest_pack_config, python_repo, sigkill, step, step_output,
+    Ledger, Output, Rng, PIPELINE_CONFIG,
 };
 use ledger::event::{ArtifactAdded, EventKind, Origin, Output as StepOutput, RunStarted, Tag};
 use ledger::Hash;
@@ -359,19 +359,6 @@ fn writers_refuse_to_build_on_a_log_damaged_anywhere() {
         flip_bits(&l.log_path(), at, 1 << rng.range(0, 8));
         writers_refuse(&l, &format!("round {round}: bit flipped at byte {at}"));
         l.run(["verify"]).expect_code(1);
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
     }
 }
 

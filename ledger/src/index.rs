@@ -363,6 +363,17 @@ impl Index {
             .get(&observation_key(request, false), be_u64)
     }
 
+    /// Every observation a running stage may be answered with: (request, seq of its event).
+    pub fn local_observations(&self) -> Result<Vec<(Hash, u64)>> {
+        let mut out = Vec::new();
+        self.observations.for_each(|k, v| {
+            if k.len() == 32 {
+                out.push((Hash(k.try_into().expect("32 bytes")), be_u64(v)));
+            }
+        })?;
+        Ok(out)
+    }
+
     /// The observation an untrusted bundle recorded for `request` (for replaying its steps).
     pub fn foreign_observation(&self, request: &Hash) -> Result<Option<u64>> {
         self.observations

@@ -99,6 +99,85 @@ pub(crate) enum ToCoordinator {
     },
 }
 
+/// The observations a ledger holds, as a sorted table in a file, for processes that cannot
+/// open the index (Slurm tasks, while the coordinator holds it): `DVOBS001`, then 64-byte
+/// records `request | response`, sorted by request. Written by the coordinator before it
+/// submits units, so a task answers recorded requests from the record, as a local unit does.
+pub struct Snapshot {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    records: u64,
+}
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"DVOBS001";
+
+impl Snapshot {
+    /// Writes the snapshot of `ledger`'s observations to `path` (atomically).
+    pub fn write(ledger: &Ledger, path: &std::path::Path) -> Result<()> {
+        let mut records = Vec::new();
+        for (request, seq) in ledger.index().local_observations()? {
+            if let (EventKind::Observation(o), _) = ledger.event(seq)?.event.kind.into_claim() {
+                records.push((request, o.response));
+            }
+        }
+        records.sort();
+        let mut bytes = Vec::with_capacity(8 + records.len() * 64);
+        bytes.extend_from_slice(SNAPSHOT_MAGIC);
+        for (request, response) in &records {
+            bytes.extend_from_slice(request.as_bytes());
+            bytes.extend_from_slice(response.as_bytes());
+        }
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+        std::io::Write::write_all(&mut tmp, &bytes).map_err(|e| Error::io(path, e))?;
+        tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+        Ok(())
+    }
+
+    pub fn open(path: &std::path::Path) -> Result<Snapshot> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let mut magic = [0u8; 8];
+        let intact = len >= 8
+            && (len - 8) % 64 == 0
+            && file.read_exact_at(&mut magic, 0).is_ok()
+            && &magic == SNAPSHOT_MAGIC;
+        if !intact {
+            return Err(Error::Corrupt(format!(
+                "{}: not an observation snapshot",
+                path.display()
+            )));
+        }
+        Ok(Snapshot {
+            file,
+            path: path.to_path_buf(),
+            records: (len - 8) / 64,
+        })
+    }
+
+    /// The recorded response to `request`, by binary search.
+    pub fn response(&self, request: &Hash) -> Result<Option<Hash>> {
+        use std::os::unix::fs::FileExt;
+        let (mut lo, mut hi) = (0u64, self.records);
+        let mut record = [0u8; 64];
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            self.file
+                .read_exact_at(&mut record, 8 + mid * 64)
+                .map_err(|e| Error::io(&self.path, e))?;
+            match record[..32].cmp(request.as_bytes()) {
+                std::cmp::Ordering::Equal => {
+                    return Ok(Some(Hash(record[32..].try_into().expect("32 bytes"))))
+                }
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// What a recording observer observed: each observation with its response's bytes.
 type MadeList = Arc<Mutex<Vec<(Made, Vec<u8>)>>>;
 
@@ -107,7 +186,12 @@ enum Link {
     /// The coordinator of this process answers and records.
     Served(Sender<ToCoordinator>),
     /// A worker process: performs and stores; the observations go into its result file.
-    Recording { store: BlobStore, made: MadeList },
+    Recording {
+        store: BlobStore,
+        made: MadeList,
+        /// What the ledger had recorded when the unit was submitted.
+        snapshot: Option<Arc<Snapshot>>,
+    },
 }
 
 /// See the module docs. Clones share what they observed: one observer per unit.
@@ -133,11 +217,12 @@ impl Observer {
 
     /// An observer for a unit running in a worker process: responses go to `store`, and
     /// [`Observer::made`] lists what was observed.
-    pub fn recording(store: BlobStore) -> Observer {
+    pub fn recording(store: BlobStore, snapshot: Option<Snapshot>) -> Observer {
         Observer {
             link: Link::Recording {
                 store,
                 made: Arc::default(),
+                snapshot: snapshot.map(Arc::new),
             },
             mode: Mode::Run,
             reexecution: Arc::default(),
@@ -219,14 +304,31 @@ impl Observer {
                 request: request.to_vec(),
                 reply,
             }),
-            Link::Recording { made, .. } => {
+            Link::Recording {
+                made,
+                store,
+                snapshot,
+            } => {
                 let key = Hash::of(request);
-                Ok(made
+                let mine = made
                     .lock()
                     .expect("not poisoned")
                     .iter()
                     .find(|(m, _)| m.request == key)
-                    .map(|(_, bytes)| bytes.clone()))
+                    .map(|(_, bytes)| bytes.clone());
+                if mine.is_some() {
+                    return Ok(mine);
+                }
+                // The record wins, as for a unit in the coordinator's process.
+                match snapshot
+                    .as_ref()
+                    .map(|s| s.response(&key))
+                    .transpose()?
+                    .flatten()
+                {
+                    Some(response) => Ok(Some(store.read(&response)?)),
+                    None => Ok(None),
+                }
             }
         }
     }
@@ -247,11 +349,24 @@ impl Observer {
                     reply,
                 })?
                 .expect("a recorded response")),
-            Link::Recording { store, made } => {
+            Link::Recording {
+                store,
+                made,
+                snapshot,
+            } => {
                 let key = Hash::of(request);
                 let mut made = made.lock().expect("not poisoned");
                 if let Some((_, bytes)) = made.iter().find(|(m, _)| m.request == key) {
                     return Ok(bytes.clone());
+                }
+                // A request the ledger had answered: the record wins over what was performed.
+                if let Some(recorded) = snapshot
+                    .as_ref()
+                    .map(|s| s.response(&key))
+                    .transpose()?
+                    .flatten()
+                {
+                    return store.read(&recorded);
                 }
                 let (hash, size) = store.put_bytes(&response)?;
                 made.push((

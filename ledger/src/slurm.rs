@@ -21,7 +21,7 @@
 use crate::error::{Error, Result};
 use crate::exec::{Done, Scheduler, Task};
 use crate::hash::Hash;
-use crate::observe::{Made, Observer, Served};
+use crate::observe::{Made, Observer, Served, Snapshot};
 use crate::stage::{Finished, Io, Job, Registry, StageContext};
 use crate::store::BlobStore;
 use serde::{Deserialize, Serialize};
@@ -97,6 +97,9 @@ pub struct UnitSpec {
     pub key: Hash,
     pub job: Job,
     pub result: PathBuf,
+    /// The ledger's observations when the unit was submitted (see `observe::Snapshot`).
+    #[serde(default)]
+    pub observations: Option<PathBuf>,
 }
 
 /// What a task leaves for the coordinator.
@@ -169,7 +172,12 @@ pub fn run_unit(registry: &Registry, spec_path: &Path) -> Result<()> {
         )));
     }
     let store = BlobStore::new(&spec.ledger);
-    let observer = Observer::recording(store.clone());
+    let snapshot = spec
+        .observations
+        .as_deref()
+        .map(Snapshot::open)
+        .transpose()?;
+    let observer = Observer::recording(store.clone(), snapshot);
     let io = Io {
         inputs: store.clone(),
         outputs: store,
@@ -235,6 +243,19 @@ pub(crate) fn execute<'s>(
     let mut pending: HashMap<usize, Pending<'s>> = HashMap::new();
     loop {
         let ready = scheduler.ready(served)?;
+        // What the ledger has recorded, for the tasks of this wave to be answered from.
+        let snapshot = if ready.is_empty() {
+            None
+        } else {
+            let path = dirs.specs.join(format!(
+                "observations-{}.snapshot",
+                served.ledger().event_count()
+            ));
+            if !path.exists() {
+                Snapshot::write(served.ledger(), &path)?;
+            }
+            Some(path)
+        };
         let mut fresh = Vec::new();
         for (id, task) in ready {
             let key = task.key;
@@ -248,6 +269,7 @@ pub(crate) fn execute<'s>(
                 key,
                 job: task.job.clone(),
                 result: result.clone(),
+                observations: snapshot.clone(),
             };
             write_atomically(
                 &spec,

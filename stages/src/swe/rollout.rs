@@ -2,7 +2,8 @@
 //! result is graded exactly as SWE-bench grades it. The same stage evaluates a policy on
 //! held-out instances (k runs, temperature 0): its `score` is the resolution rate.
 //!
-//! Per rollout (instance × run, `parallel` at a time, each in its own container):
+//! One unit per rollout (instance × run, each in its own container; as many at once as the
+//! executor runs units), then a `summary` unit:
 //! 1. the environment: the instance's repository image (rebuilt from the sdist artifact and the
 //!    base image spec when the engine lacks it), the bug committed to reach `base_commit`
 //!    (checked), or for instances brought from elsewhere, their `image` and `base_commit`;
@@ -77,6 +78,8 @@ pub struct Params {
     /// Rollouts per instance (k).
     #[serde(default = "one")]
     pub runs: u32,
+    /// Ignored since rollouts are units (the executor's `--jobs`, or Slurm, decides how many
+    /// run at once); kept so configs that set it still load.
     #[serde(default = "default_parallel")]
     pub parallel: usize,
     #[serde(default = "default_steps")]
