@@ -741,6 +741,34 @@ pub fn reindex(ctx: &Context) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn ui(
+    ctx: &Context,
+    port: u16,
+    bind: Option<std::net::IpAddr>,
+    ablations: Vec<PathBuf>,
+) -> Result<ExitCode> {
+    if let Some(ip) = bind.filter(|ip| !ip.is_loopback()) {
+        eprintln!(
+            "warning: serving on {ip}, not on 127.0.0.1: anyone who can reach that address can read this ledger"
+        );
+    }
+    let options = ui::Options {
+        dir: ctx.dir.clone(),
+        port,
+        bind,
+        ablations,
+    };
+    ui::serve(options, |addr| {
+        // Tests and scripts read this line to find the port (`--port 0`).
+        println!(
+            "ledger ui: serving {} on http://{addr}/ (Ctrl-C stops it)",
+            ctx.dir.display()
+        );
+        let _ = std::io::stdout().flush();
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn stages(json: bool) -> Result<ExitCode> {
     let registry = stages::registry();
     if json {
