@@ -82,9 +82,12 @@ pub async fn guard(State(hosts): State<Hosts>, request: Request, next: Next) -> 
     with_headers(response)
 }
 
+/// A browser names the page a request came from in `Origin`, or (a header no page can set)
+/// says `Sec-Fetch-Site: same-origin`.
 fn same_origin(headers: &HeaderMap, host: &str) -> bool {
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
-    origin == Some(&format!("http://{host}"))
+    let site = headers.get("sec-fetch-site").and_then(|o| o.to_str().ok());
+    origin == Some(&format!("http://{host}")) || site == Some("same-origin")
 }
 
 fn with_headers(mut response: Response) -> Response {
@@ -96,7 +99,7 @@ fn with_headers(mut response: Response) -> Response {
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(
         "cross-origin-resource-policy",

@@ -164,13 +164,18 @@ pub fn page(view: &View, query: &Query) -> PageResult {
                 }
             }
         }
+        h2 { "Loss curves" }
+        @if curves.is_empty() { p.note #no-curves { "None of these runs trained a model (no `curve` output)." } }
+        @else { div.graph #curves { (chart::render(&curves, "step", "loss")) } }
         h2 { "Metrics" }
         @if metrics.is_empty() { p.note { "No aligned step recorded a metric." } }
         @else {
+            @let changed = metrics.iter().filter(|(_, v)| v.iter().any(|x| *x != v[0])).count();
+            p.note { (changed) " of " (metrics.len()) " metrics differ; they come first" }
             table #metrics-diff {
                 thead { tr { th { "node" } th { "metric" } th.num { (name(0)) } @for i in 1..runs.len() { th.num { (name(i)) } th.num { "Δ" } } } }
                 tbody {
-                    @for ((node, metric), values) in &metrics {
+                    @for ((node, metric), values) in metrics.iter().filter(|(_, v)| v.iter().any(|x| *x != v[0])).chain(metrics.iter().filter(|(_, v)| v.iter().all(|x| *x == v[0]))) {
                         tr data-metric={ (node) "." (metric) } {
                             td { (node) } td.mono { (metric) }
                             td.num { @match values[0] { Some(v) => span title=(v) { (layout::metric(v)) }, None => (missing()) } }
@@ -183,9 +188,6 @@ pub fn page(view: &View, query: &Query) -> PageResult {
                 }
             }
         }
-        h2 { "Loss curves" }
-        @if curves.is_empty() { p.note #no-curves { "None of these runs trained a model (no `curve` output)." } }
-        @else { div.graph #curves { (chart::render(&curves, "step", "loss")) } }
         h2 { "Outputs" }
         table #outputs-diff {
             thead { tr { th { "node" } th { "output" } @for i in 0..runs.len() { th { (name(i)) } } } }

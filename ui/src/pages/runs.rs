@@ -52,21 +52,26 @@ pub fn model<'a>(view: &'a View, query: &Query) -> RunsModel<'a> {
                 .cmp(&(b.ended_ms - b.started_ms.min(b.ended_ms))),
             s if s.starts_with("metric:") => {
                 let m = &s["metric:".len()..];
-                // Runs without the metric sort last either way.
                 match (a.metrics.get(m), b.metrics.get(m)) {
                     (Some(x), Some(y)) => x.total_cmp(y),
-                    (Some(_), None) => return Ordering::Less,
-                    (None, Some(_)) => return Ordering::Greater,
-                    (None, None) => Ordering::Equal,
+                    _ => Ordering::Equal,
                 }
             }
             _ => a.first_seq.cmp(&b.first_seq),
         }
     };
+    // Runs without the sorted metric come last in either direction.
+    let lacks = |r: &&RunSummary| {
+        sort.strip_prefix("metric:")
+            .is_some_and(|m| !r.metrics.contains_key(m))
+    };
     rows.sort_by(|a, b| {
         let o = key(a, b);
         let o = if descending { o.reverse() } else { o };
-        o.then(b.first_seq.cmp(&a.first_seq))
+        lacks(a)
+            .cmp(&lacks(b))
+            .then(o)
+            .then(b.first_seq.cmp(&a.first_seq))
     });
     let metric_names: BTreeSet<&String> = runs.iter().flat_map(|r| r.metrics.keys()).collect();
     let total = rows.len();
