@@ -747,11 +747,7 @@ pub fn ui(
     bind: Option<std::net::IpAddr>,
     ablations: Vec<PathBuf>,
 ) -> Result<ExitCode> {
-    if let Some(ip) = bind.filter(|ip| !ip.is_loopback()) {
-        eprintln!(
-            "warning: serving on {ip}, not on 127.0.0.1: anyone who can reach that address can read this ledger"
-        );
-    }
+    // A `--bind` other than loopback is warned about by the server, once it is listening.
     let options = ui::Options {
         dir: ctx.dir.clone(),
         port,

@@ -71,9 +71,15 @@ fn free_port() -> u16 {
 }
 
 /// `ledger ui --port 0`, and the address it printed.
-fn start_ui(l: &Ledger) -> (Guard, String) {
+fn start_ui(l: &Ledger, ablation: &Path) -> (Guard, String) {
     let mut child = l
-        .command(["ui", "--port", "0"])
+        .command([
+            "ui".as_ref(),
+            "--port".as_ref(),
+            "0".as_ref(),
+            "--ablation".as_ref(),
+            ablation.as_os_str(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -328,7 +334,13 @@ fn the_ui_in_a_real_browser() {
     let prs = common::step_output(&fast, "prs", "prs");
     let show_prs = l.ok(["show", "--json", &prs]).json();
 
-    let (_ui, base) = start_ui(&l);
+    let ablation = l.write(
+        "lr.toml",
+        "[ablation]\nname = \"learning rate\"\n\n[[arm]]\nname = \"fast\"\nconfig = \"fast.toml\"\n\n\
+         [[arm]]\nname = \"slow\"\nconfig = \"slow.toml\"\n\n\
+         [[metric]]\nlabel = \"SFT held-out loss\"\nnode = \"sft\"\nname = \"heldout_loss.after\"\n",
+    );
+    let (_ui, base) = start_ui(&l, &ablation);
     // The security headers, and the Host check, on a plain request.
     let (head, _) = http_get(&base, "/", None);
     assert!(head.starts_with("http/1.1 200"), "{head}");
@@ -456,6 +468,37 @@ fn the_ui_in_a_real_browser() {
         shot(&c, &shots, "5-compare").await;
         shot_at(&c, &shots, "5-compare-curves", "#curves").await;
 
+        // The ablation table: each arm's run and its metric, as recorded.
+        c.goto(&format!("{base}/ablations")).await.unwrap();
+        click(&c, "main ul a").await;
+        wait_path(&c, "/ablation/").await;
+        let show_b = l.ok(["show", "--json", &run_b]).json();
+        for (arm, show) in [("fast", &show_a), ("slow", &show_b)] {
+            let sft = stage_events(show).into_iter().find(|e| e["detail"]["node"] == "sft").unwrap();
+            let want = sft["detail"]["metrics"]["heldout_loss.after"].as_f64().unwrap();
+            let cell = c
+                .find(Locator::Css(&format!("#ablation tr[data-arm='{arm}'] td[data-metric='SFT held-out loss'] span")))
+                .await
+                .unwrap();
+            assert_eq!(cell.attr("title").await.unwrap().unwrap().parse::<f64>().unwrap(), want, "{arm}");
+        }
+        shot(&c, &shots, "5b-ablation").await;
+        click(&c, "#compare-arms").await;
+        wait_path(&c, "/compare").await;
+        assert_eq!(count(&c, "#compared tbody tr").await, 2);
+
+        // Two checkpoints' lineages: the D_ctx part shared, the SFT steps apart.
+        let (model_a, model_b) = (
+            common::step_output(&fast, "sft", "model"),
+            common::step_output(&slow, "sft", "model"),
+        );
+        c.goto(&format!("{base}/lineage/{model_a}?with={model_b}")).await.unwrap();
+        assert!(count(&c, "#lineage-graph g.node.shared").await >= 5);
+        assert!(count(&c, "#lineage-graph g.node.only-a").await >= 2);
+        assert!(count(&c, "#lineage-graph g.node.only-b").await >= 2);
+        assert!(text(&c, "#divergent").await.contains("peak_lr"));
+        shot(&c, &shots, "4b-lineage-diff").await;
+
         // The SFT data as conversations, with the hostile tool answer as text.
         c.goto(&format!("{base}/artifact/{traj}")).await.unwrap();
         assert_eq!(count(&c, "article[data-shape='trajectory']").await, 6);
@@ -480,6 +523,15 @@ fn the_ui_in_a_real_browser() {
             .await
             .expect("verify finishes");
         assert!(result.text().await.unwrap().contains("clean"));
+        // A replay from an artifact's page: the PR records rebuilt bit for bit.
+        c.goto(&format!("{base}/artifact/{prs}")).await.unwrap();
+        click(&c, "form[action='/audit/replay'] button").await;
+        wait_path(&c, "/audit").await;
+        c.wait()
+            .at_most(Duration::from_secs(60))
+            .for_element(Locator::Css(&format!(".replay[data-target='{prs}'] .badge.identical")))
+            .await
+            .expect("the replay ends bit-identical");
         shot(&c, &shots, "8-audit").await;
 
         // Live: a run written while the runs page is open appears without a reload (the UI

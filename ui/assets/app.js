@@ -24,6 +24,7 @@
     old.replaceWith(document.adoptNode(fresh));
     window.scrollTo(0, y);
     startVerifyPolling();
+    startReplayPolling();
   }
 
   function editing() {
@@ -85,6 +86,16 @@
     verifyTimer = setTimeout(tick, VERIFY_EVERY_MS);
   }
 
+  // The audit page: while a replay runs, look again every second.
+  let replayTimer = null;
+  function startReplayPolling() {
+    if (replayTimer || !document.querySelector(".replay[data-running]")) return;
+    replayTimer = setTimeout(async () => {
+      replayTimer = null;
+      await refreshMain();
+    }, 1000);
+  }
+
   // The runs page: the compare button counts the runs ticked.
   function compareButton() {
     const form = document.getElementById("compare-form");
@@ -104,6 +115,7 @@
   document.addEventListener("DOMContentLoaded", () => {
     document.documentElement.classList.add("js");
     startVerifyPolling();
+    startReplayPolling();
     compareButton();
     setTimeout(pollHead, HEAD_EVERY_MS);
   });

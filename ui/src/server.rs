@@ -163,8 +163,9 @@ pub fn serve(options: Options, ready: impl FnOnce(SocketAddr)) -> Result<()> {
     let addr = listener.local_addr()?;
     let extra = (!ip.is_loopback()).then(|| addr.to_string());
     if !ip.is_loopback() {
-        tracing::warn!(
-            "serving on {addr}, not on the loopback address: anyone who can reach it can read this ledger"
+        // Said on stderr whatever the log level: the user should see it.
+        eprintln!(
+            "warning: serving on {addr}, not on the loopback address: anyone who can reach it can read this ledger"
         );
     }
     let hosts = if ip.is_unspecified() {

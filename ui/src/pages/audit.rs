@@ -97,10 +97,10 @@ fn replays(shared: &Shared) -> Markup {
     html! {
         @if jobs.is_empty() { p.note #no-replays { "No replay started from this server yet." } }
         @for j in &jobs {
-            section.record.replay data-target=(j.target.to_hex()) {
+            section.record.replay data-target=(j.target.to_hex()) data-running[matches!(j.outcome, ReplayOutcome::Running)] {
                 div.record-head { "replay of " (layout::artifact_link(&j.target.to_hex())) ", started " (ago(j.started)) }
                 @match &j.outcome {
-                    ReplayOutcome::Running => p { span.badge.running { "running" } " (reload to see the verdict)" },
+                    ReplayOutcome::Running => p { span.badge.running { "running" } " (this page updates when it is done)" },
                     ReplayOutcome::Failed(e) => p.error-text { (e) },
                     ReplayOutcome::Done(r) => {
                         p.verdict {

@@ -141,12 +141,17 @@ pub fn render(nodes: &[Node], edges: &[Edge]) -> Markup {
         .collect();
     html! {
         svg.dag xmlns="http://www.w3.org/2000/svg" width=(width) height=(height) viewBox={ "0 0 " (width) " " (height) } {
+            defs {
+                marker #arrow viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse" {
+                    path d="M 0 0 L 10 5 L 0 10 z" fill="#8c959f" {}
+                }
+            }
             @for e in edges {
                 @if let (Some(&a), Some(&b)) = (index.get(e.from.as_str()), index.get(e.to.as_str())) {
                     @let ((ax, ay), (bx, by)) = (xy(a), xy(b));
                     @let (x1, y1, x2, y2) = (ax + NODE_W, ay + NODE_H / 2.0, bx, by + NODE_H / 2.0);
                     @let mid = (x1 + x2) / 2.0;
-                    path class={ "edge " (e.class) } d=(format!("M{x1:.1},{y1:.1} C{mid:.1},{y1:.1} {mid:.1},{y2:.1} {x2:.1},{y2:.1}")) {
+                    path class={ "edge " (e.class) } marker-end="url(#arrow)" d=(format!("M{x1:.1},{y1:.1} C{mid:.1},{y1:.1} {mid:.1},{y2:.1} {x2:.1},{y2:.1}")) {
                         @if !e.label.is_empty() { title { (e.label) } }
                     }
                 }
@@ -206,6 +211,6 @@ mod tests {
         assert_eq!(at[3].0, 0);
         let svg = render(&nodes, &edges).into_string();
         assert_eq!(svg.matches("<a href=").count(), 4, "{svg}");
-        assert_eq!(svg.matches("<path").count(), 4, "{svg}");
+        assert_eq!(svg.matches("<path class=\"edge").count(), 4, "{svg}");
     }
 }
