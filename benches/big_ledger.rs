@@ -927,7 +927,7 @@ fn bench_ui(ledger_dir: &Path, meta: &Meta, summary: &mut Summary) {
             bytes / 1024
         );
         summary.add(
-            &format!("ui: {what}, time to first byte (warm)"),
+            &format!("ui: {what}, first byte (warm)"),
             format!("{:.1} ms (cold {:.1} ms)", warm * 1e3, cold * 1e3),
             &format!("< {:.0} ms", UI_TTFB_TARGET_S * 1e3),
             Some(warm < UI_TTFB_TARGET_S),
@@ -936,7 +936,7 @@ fn bench_ui(ledger_dir: &Path, meta: &Meta, summary: &mut Summary) {
     let peak = proc_kib(pid, "VmHWM:");
     println!("   peak memory (VmHWM) {:.0} MiB", peak as f64 / 1024.0);
     summary.add(
-        "ui: peak memory (server, after these requests)",
+        "ui: peak memory of the server (VmHWM)",
         format!("{:.0} MiB", peak as f64 / 1024.0),
         "",
         None,

@@ -513,6 +513,21 @@ fn the_ui_in_a_real_browser() {
         assert!(text(&c, "#tensors").await.contains("model.embed_tokens.weight"));
         shot(&c, &shots, "7-tensors").await;
 
+        // The training plot (SVG) is shown as an image, which runs no script.
+        let plot = common::step_output(&fast, "sft", "plot");
+        c.goto(&format!("{base}/artifact/{plot}")).await.unwrap();
+        let drawn = c
+            .execute(
+                "const i = document.querySelector('img.svg-artifact'); return i.complete && i.naturalWidth > 0;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(drawn, true, "the SVG plot did not load as an image");
+        let (svg_head, _) = http_get(&base, &format!("/blob/{plot}/svg"), None);
+        assert!(svg_head.contains("content-type: image/svg+xml"), "{svg_head}");
+        assert!(svg_head.contains("sandbox"), "{svg_head}");
+
         // Audit: verify on request, to a clean verdict.
         c.goto(&format!("{base}/audit")).await.unwrap();
         click(&c, "#verify-button").await;

@@ -68,3 +68,35 @@ pub fn render(v: &Value) -> Option<Markup> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn swe_and_humaneval_scores_are_tables_with_escaped_ids() {
+        let swe = json!({"benchmark": "swe", "resolved_rate": 0.5, "runs_per_instance": 1, "policy": "scripted",
+            "instances": [{"instance_id": "<b>x</b>", "runs": [{"run": 0, "resolved": true, "fail_to_pass": [1, 1],
+                "pass_to_pass": [2, 3], "steps": 4, "stop_reason": "submitted"}]}]});
+        let html = super::render(&swe).unwrap().into_string();
+        assert!(
+            html.contains(r#"<strong id="resolved-rate">0.5000</strong>"#),
+            "{html}"
+        );
+        assert!(
+            html.contains("&lt;b&gt;x&lt;/b&gt;") && !html.contains("<b>x"),
+            "{html}"
+        );
+        assert!(html.contains("<td class=\"num\">2/3</td>"), "{html}");
+        let he = json!({"benchmark": "humaneval", "pass_at_k": {"1": 0.25}, "n": 1, "policy": "checkpoint",
+            "instances": [{"task_id": "HumanEval/0", "correct": 1, "n": 1, "results": ["passed"]}]});
+        let html = super::render(&he).unwrap().into_string();
+        assert!(html.contains("pass@1 <strong>0.2500</strong>"), "{html}");
+        assert!(
+            html.contains("HumanEval/0") && html.contains("passed"),
+            "{html}"
+        );
+        assert!(super::render(&json!({"benchmark": "other", "instances": []})).is_none());
+        assert!(super::render(&json!({"a": 1})).is_none());
+    }
+}
