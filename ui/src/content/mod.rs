@@ -19,8 +19,11 @@ use ledger::store::BlobStore;
 use ledger::Hash;
 use maud::{html, Markup};
 
-/// Blobs up to this size may be read whole (parsed as JSON, drawn as a curve).
+/// Blobs up to this size may be read whole (drawn as a curve, served as an SVG image).
 pub const WHOLE_LIMIT: u64 = 16 << 20;
+/// JSON up to this size is parsed and shown pretty (a score as its table); larger JSON is
+/// shown as text, a window at a time.
+pub const JSON_LIMIT: u64 = 1 << 20;
 pub const RECORDS_PER_PAGE: usize = 20;
 /// Bytes of one record shown at most.
 pub const RECORD_BYTES: usize = 256 << 10;
@@ -70,7 +73,7 @@ pub fn kind(info: &ArtifactInfo, head: &[u8]) -> Kind {
         "application/x-ndjson" | "application/x-ndjson+zstd" | "application/jsonl" => Kind::Records,
         "application/x-safetensors" => Kind::Tensors,
         "image/svg+xml" => Kind::Svg,
-        "application/json" if info.size <= WHOLE_LIMIT => Kind::Json,
+        "application/json" if info.size <= JSON_LIMIT => Kind::Json,
         _ if head.starts_with(&ZSTD_MAGIC) => Kind::Records,
         _ if tensors::sniff(head) => Kind::Tensors,
         _ if media.starts_with("text/")
@@ -202,8 +205,13 @@ pub fn render(
             p { img.svg-artifact src={ "/blob/" (hash) "/svg" } alt="the SVG artifact"; }
             details { summary { "source" } pre { (String::from_utf8_lossy(&head)) @if info.size > head.len() as u64 { "…" } } }
         },
+        Kind::Json if info.size > JSON_LIMIT => {
+            let offset = query.number("offset").unwrap_or(0);
+            let bytes = ledger::records::bytes_at(store, hash, offset, text::TEXT_WINDOW)?;
+            text::text(&bytes, offset, info.size, query)
+        }
         Kind::Json => {
-            // Small (`kind` says so): read whole, checked against the address.
+            // Small: read whole, checked against the address.
             let bytes = store.read(hash)?;
             match serde_json::from_slice::<serde_json::Value>(&bytes) {
                 Ok(v) => html! {
