@@ -18,6 +18,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -52,13 +53,24 @@ fn browser() -> Option<(PathBuf, PathBuf)> {
     }
 }
 
-/// A child process killed when dropped.
-struct Guard(Child);
+/// A child process killed when dropped; with `group`, its whole process group (chromedriver
+/// and the browser it started, which would outlive a failed test otherwise).
+struct Guard {
+    child: Child,
+    group: bool,
+}
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if self.group {
+            // SAFETY: killpg(2) on the process group this test created for the child (its
+            // pid is the group id: `process_group(0)`); the child is not reaped yet.
+            unsafe {
+                libc::killpg(self.child.id() as libc::pid_t, libc::SIGKILL);
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -94,13 +106,20 @@ fn start_ui(l: &Ledger, ablation: &Path) -> (Guard, String) {
         .unwrap_or_else(|| panic!("no address in `{line}`"))
         .trim_end_matches('/')
         .to_string();
-    (Guard(child), base)
+    (
+        Guard {
+            child,
+            group: false,
+        },
+        base,
+    )
 }
 
 fn start_driver(driver: &Path) -> (Guard, String) {
     let port = free_port();
     let child = Command::new(driver)
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -113,7 +132,10 @@ fn start_driver(driver: &Path) -> (Guard, String) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    (Guard(child), format!("http://127.0.0.1:{port}"))
+    (
+        Guard { child, group: true },
+        format!("http://127.0.0.1:{port}"),
+    )
 }
 
 /// A plain HTTP/1.1 GET: (status line and headers, body).
