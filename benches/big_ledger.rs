@@ -56,6 +56,8 @@ const LINEAGE_TARGET_S: f64 = 0.1;
 const LINEAGE_CLI_TARGET_S: f64 = 1.0;
 /// Replay wall time beyond the recorded execution time of the step.
 const REPLAY_OVERHEAD_TARGET_S: f64 = 1.0;
+/// `ledger ui`: time to the first byte of a page once the server is warm.
+const UI_TTFB_TARGET_S: f64 = 0.2;
 
 struct Config {
     events: u64,
@@ -156,9 +158,13 @@ fn main() {
 
     let mut summary = Summary::new([46, 28, 22]);
     creation_summary(&meta, &mut summary);
-    bench_verify(&cfg, &ledger_dir, b3sum.as_deref(), &mut summary);
-    bench_lineage(&cfg, &ledger_dir, &meta, &mut summary);
-    bench_replay(&cfg, &ledger_dir, &meta, &mut summary);
+    // `BIG_UI_ONLY=1`: measure only the web interface (with BIG_REUSE, a quick re-measure).
+    if env_num("BIG_UI_ONLY", 0) == 0 {
+        bench_verify(&cfg, &ledger_dir, b3sum.as_deref(), &mut summary);
+        bench_lineage(&cfg, &ledger_dir, &meta, &mut summary);
+        bench_replay(&cfg, &ledger_dir, &meta, &mut summary);
+    }
+    bench_ui(&ledger_dir, &meta, &mut summary);
     summary.print();
     println!();
     println!("total bench time {:.0} s", started.elapsed().as_secs_f64());
@@ -852,4 +858,134 @@ fn stream(path: &Path, mut each: impl FnMut(&[u8])) {
 
 fn machine() -> String {
     format!("{} CPUs, {}", cpus(), cpu_model())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The web interface
+
+/// One GET over a fresh connection: (seconds to the first byte of the response, seconds to
+/// its last, the response).
+fn http_get(addr: &str, path: &str) -> (f64, f64, Vec<u8>) {
+    use std::io::Write;
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to ledger ui");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut first = [0u8; 1];
+    s.read_exact(&mut first).expect("a response");
+    let ttfb = t.elapsed().as_secs_f64();
+    let mut rest = first.to_vec();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(
+        rest.starts_with(b"HTTP/1.1 200"),
+        "GET {path}: {}",
+        String::from_utf8_lossy(&rest[..rest.len().min(300)])
+    );
+    (ttfb, t.elapsed().as_secs_f64(), rest)
+}
+
+/// A `/proc/<pid>/status` field in KiB.
+fn proc_kib(pid: u32, field: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn bench_ui(ledger_dir: &Path, meta: &Meta, summary: &mut Summary) {
+    use std::io::BufRead;
+    let requests = env_num("BIG_UI_REQUESTS", 20).max(1) as usize;
+    println!();
+    println!(
+        "5. UI (`ledger ui`, child process): time to first byte of 1 cold and {requests} warm requests per page, and peak memory"
+    );
+    let t = Instant::now();
+    let mut child = Command::new(LEDGER_BIN)
+        .arg("--ledger")
+        .arg(ledger_dir)
+        .args(["ui", "--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start ledger ui");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let startup = t.elapsed().as_secs_f64();
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .unwrap_or_else(|| panic!("no address in `{line}`"))
+        .trim_end_matches('/')
+        .to_string();
+    let pid = child.id();
+    let rss_started = proc_kib(pid, "VmRSS:");
+    println!(
+        "   serving after {startup:.2} s (the private index of every event built), RSS {:.0} MiB",
+        rss_started as f64 / 1024.0
+    );
+    // The newest run (a re-run of ~1,000 cached steps, when the ledger is `build`'s) and a
+    // corpus, whose page shows its first records.
+    let (_, _, runs) = http_get(&addr, "/");
+    let runs = String::from_utf8_lossy(&runs);
+    let run = runs
+        .split("data-run=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("a run on the runs page")
+        .to_string();
+    let pages = [
+        ("runs page", "/".to_string()),
+        ("run page (newest run)", format!("/run/{run}")),
+        (
+            "artifact page (a corpus)",
+            format!("/artifact/{}", meta.corpora[0].0),
+        ),
+    ];
+    for (what, path) in &pages {
+        let (cold, _, _) = http_get(&addr, path);
+        let mut ttfb = Vec::new();
+        let mut total = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..requests {
+            let (a, b, body) = http_get(&addr, path);
+            ttfb.push(a);
+            total.push(b);
+            bytes = body.len();
+        }
+        let warm = median(&ttfb);
+        let worst = ttfb.iter().copied().fold(0.0, f64::max);
+        println!(
+            "   {what:<26} cold {:.1} ms, warm median {:.1} ms (worst {:.1} ms), whole response {:.1} ms, {} KiB",
+            cold * 1e3,
+            warm * 1e3,
+            worst * 1e3,
+            median(&total) * 1e3,
+            bytes / 1024
+        );
+        summary.add(
+            &format!("ui: {what}, first byte (warm)"),
+            format!("{:.1} ms (cold {:.1} ms)", warm * 1e3, cold * 1e3),
+            &format!("< {:.0} ms", UI_TTFB_TARGET_S * 1e3),
+            Some(warm < UI_TTFB_TARGET_S),
+        );
+    }
+    let peak = proc_kib(pid, "VmHWM:");
+    println!("   peak memory (VmHWM) {:.0} MiB", peak as f64 / 1024.0);
+    summary.add(
+        "ui: peak memory of the server (VmHWM)",
+        format!("{:.0} MiB", peak as f64 / 1024.0),
+        "",
+        None,
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -4,6 +4,7 @@
 #
 # Environment:
 #   LEDGER_SKIP_DOCKER=1       do not install or start the Docker engine
+#   LEDGER_SKIP_BROWSER=1      do not install the headless browser of the `ledger ui` tests
 #   DOCKER_WAIT_SECS=N         how long to wait for a freshly started engine (default 60)
 #   DOCKERD_LOG=path           where a dockerd started here logs (default /tmp/dockerd.log)
 set -euo pipefail
@@ -13,6 +14,13 @@ command -v git >/dev/null || need+=(git)
 command -v cc >/dev/null || need+=(build-essential)
 # The SWE-bench harness venv (scripts/swebench-harness.sh).
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
+if [ "${LEDGER_SKIP_BROWSER:-}" != "1" ]; then
+    # The browser tests of `ledger ui` (tests/ui.rs) drive Debian's chromium through
+    # chromedriver; fonts so its screenshots show text.
+    command -v chromium >/dev/null || need+=(chromium)
+    command -v chromedriver >/dev/null || need+=(chromium-driver)
+    [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+fi
 if [ "${LEDGER_SKIP_DOCKER:-}" != "1" ]; then
     # `docker` alone may be a client without an engine; the engine is `dockerd`.
     command -v dockerd >/dev/null || need+=(docker.io)

@@ -6,6 +6,9 @@ bash scripts/setup.sh
 # The environment tests (env/) need a real Docker engine: setup starts one, and with this set
 # a missing engine fails them instead of skipping them.
 export LEDGER_REQUIRE_DOCKER=1
+# The `ledger ui` browser tests need chromium + chromedriver (setup installs them): with this
+# set, a missing browser fails them instead of skipping them.
+export LEDGER_REQUIRE_BROWSER=1
 # One base-image cache for every test binary, so debootstrap runs once per machine (builders
 # of the same cache wait for each other).
 export DAVINCI_ENV_CACHE="${DAVINCI_ENV_CACHE:-$PWD/target/env-cache}"

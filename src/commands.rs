@@ -794,6 +794,30 @@ pub fn unit(spec: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn ui(
+    ctx: &Context,
+    port: u16,
+    bind: Option<std::net::IpAddr>,
+    ablations: Vec<PathBuf>,
+) -> Result<ExitCode> {
+    // A `--bind` other than loopback is warned about by the server, once it is listening.
+    let options = ui::Options {
+        dir: ctx.dir.clone(),
+        port,
+        bind,
+        ablations,
+    };
+    ui::serve(options, |addr| {
+        // Tests and scripts read this line to find the port (`--port 0`).
+        println!(
+            "ledger ui: serving {} on http://{addr}/ (Ctrl-C stops it)",
+            ctx.dir.display()
+        );
+        let _ = std::io::stdout().flush();
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn stages(json: bool) -> Result<ExitCode> {
     let registry = stages::registry();
     if json {

@@ -157,6 +157,20 @@ enum Command {
     /// Execute one unit from a spec file and write its result (what a Slurm task runs).
     #[command(hide = true)]
     Unit { spec: PathBuf },
+    /// Serve a read-only web interface to this ledger: runs, artifacts, lineage, comparisons,
+    /// audits (on 127.0.0.1 unless --bind says otherwise; Ctrl-C stops it).
+    Ui {
+        /// The port (0: any free one; the address is printed).
+        #[arg(long, default_value_t = 8377)]
+        port: u16,
+        /// Listen on this address instead of 127.0.0.1 (anyone who can reach it can read the
+        /// ledger).
+        #[arg(long)]
+        bind: Option<std::net::IpAddr>,
+        /// An ablation file (`ledger ablate FILE`) whose table to show; repeatable.
+        #[arg(long)]
+        ablation: Vec<PathBuf>,
+    },
     /// List the stages this build can run.
     Stages {
         #[arg(long)]
@@ -259,6 +273,11 @@ fn main() -> ExitCode {
         Command::Gc { dry_run, json } => commands::gc(&ctx, dry_run, json),
         Command::Tag { name, hash } => commands::tag(&ctx, &name, &hash),
         Command::Reindex => commands::reindex(&ctx),
+        Command::Ui {
+            port,
+            bind,
+            ablation,
+        } => commands::ui(&ctx, port, bind, ablation),
         Command::Stages { json } => commands::stages(json),
         Command::Unit { spec } => commands::unit(&spec),
     };

@@ -108,6 +108,31 @@ impl Ledger {
         Ok(ledger)
     }
 
+    /// Opens a reader that follows the log as writers append to it (for a long-lived reader,
+    /// such as `ledger ui`): its index is private, built from the log, so it never holds the
+    /// persistent index a writer needs. `seen` is shown every event as it is indexed, in log
+    /// order; [`Ledger::follow`] indexes (and shows) what was appended since.
+    pub fn open_follower(dir: &Path, seen: &mut dyn FnMut(&Stored)) -> Result<Ledger> {
+        let log_path = existing_log(dir)?;
+        let mut ledger = Ledger::assemble(dir, log_path, Index::temporary(), Storage::disk())?;
+        ledger.catch_up_with(false, seen)?;
+        Ok(ledger)
+    }
+
+    /// For a reader: indexes the events appended since it opened or last followed, showing
+    /// each to `seen`; returns how many there were. A torn last frame (an append in flight)
+    /// waits for the next call; damage stops the reader there (see `index_problem`).
+    pub fn follow(&mut self, seen: &mut dyn FnMut(&Stored)) -> Result<u64> {
+        if self.is_writer() {
+            return Err(Error::Invalid(
+                "a writer's index is always current; `follow` is for readers".into(),
+            ));
+        }
+        let before = self.event_count();
+        self.catch_up_with(false, seen)?;
+        Ok(self.event_count() - before)
+    }
+
     /// Opens for writing: takes the writer lock, then the index.
     pub fn open_writer(dir: &Path, wait: Wait) -> Result<Ledger> {
         Ledger::writer(dir, wait, false, Storage::disk())
@@ -192,6 +217,15 @@ impl Ledger {
     /// log stops it), then refuses to build on a damaged or truncated log; a reader indexes
     /// what it can and warns.
     fn catch_up(&mut self, strict: bool) -> Result<(Tail, u64)> {
+        self.catch_up_with(strict, &mut |_| {})
+    }
+
+    /// `catch_up`, showing each newly indexed event to `seen`.
+    fn catch_up_with(
+        &mut self,
+        strict: bool,
+        seen: &mut dyn FnMut(&Stored),
+    ) -> Result<(Tail, u64)> {
         let mut tail = self.index.tail()?;
         if let Err(problem) = self.check_index_tail(tail) {
             if strict {
@@ -212,6 +246,7 @@ impl Ledger {
         while let Some(frame) = scanner.next() {
             match frame? {
                 Frame::Good(stored) => {
+                    seen(&stored);
                     batch.push(stored);
                     good = scanner.tail();
                     if batch.len() >= 8192 {
