@@ -72,7 +72,14 @@ pub fn page(
     limits: Limits,
 ) -> Result<Page> {
     let path = store.path(hash);
-    let mut file = BufReader::with_capacity(1 << 16, store.open(hash)?);
+    // A manifest pages through its parts, one after another (a dataset of shards).
+    let source: Box<dyn std::io::Read + Send> =
+        if crate::manifest::Manifest::read(store, hash)?.is_some() {
+            crate::manifest::open_whole(store, hash)?
+        } else {
+            Box::new(store.open(hash)?)
+        };
+    let mut file = BufReader::with_capacity(1 << 16, source);
     let head = file.fill_buf().map_err(|e| Error::io(&path, e))?;
     let encoding = if head.starts_with(&ZSTD_MAGIC) {
         Encoding::Zstd

@@ -71,6 +71,13 @@ pub fn kind(info: &ArtifactInfo, head: &[u8]) -> Kind {
     let media = info.media_type.as_str();
     match media {
         "application/x-ndjson" | "application/x-ndjson+zstd" | "application/jsonl" => Kind::Records,
+        // A dataset of shards: its records, across the parts.
+        ledger::manifest::MEDIA_TYPE
+            if head.windows(6).any(|w| w == b"ndjson")
+                || head.windows(5).any(|w| w == b"jsonl") =>
+        {
+            Kind::Records
+        }
         "application/x-safetensors" => Kind::Tensors,
         "image/svg+xml" => Kind::Svg,
         "application/json" if info.size <= JSON_LIMIT => Kind::Json,
