@@ -20,6 +20,11 @@ export SWEBENCH_REQUIRE_HARNESS=1
 # tests; with this set a missing cluster fails them instead of skipping them.
 bash scripts/slurm.sh
 export LEDGER_REQUIRE_SLURM=1
+# NVRTC (from PyPI; no GPU needed) for the gpu crate's kernel-compilation test; with this set a
+# missing NVRTC fails it instead of skipping it.
+nvrtc_lib="$(bash scripts/nvrtc.sh)"
+export LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export GPU_REQUIRE_NVRTC=1
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi

@@ -158,6 +158,22 @@ fn lines(l: &Ledger, hash: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The units (`node/unit`) that executed successfully in the run of `report`, sorted.
+fn executed_units(l: &Ledger, report: &serde_json::Value) -> Vec<String> {
+    let run = report["run_id"].as_str().unwrap();
+    let mut units: Vec<String> = l
+        .events()
+        .iter()
+        .map(|e| &e["detail"])
+        .filter(|d| d["run_id"] == run && d["status"] == "succeeded")
+        .filter_map(|d| d["node"].as_str())
+        .filter(|n| n.contains('/'))
+        .map(str::to_string)
+        .collect();
+    units.sort();
+    units
+}
+
 #[test]
 fn synthesized_instances_rollouts_grading_and_offline_replay() {
     if !docker_available() {
@@ -209,7 +225,37 @@ policy = {{ kind = "endpoint", base_url = "{llm}", model = "local-test" }}
 "#
         ),
     );
+    // First the synthesis of two of the three packages; the full config below adds the third,
+    // and must execute only that package's unit and the summary of the `bugs` node.
+    let two = PACKAGES
+        .split("[[stage.packages]]")
+        .filter(|p| !p.contains("\"inflection\""))
+        .collect::<Vec<_>>()
+        .join("[[stage.packages]]");
+    let first = l.config(
+        "two.toml",
+        &format!(
+            "[experiment]\nname = \"d-env\"\nseed = 11\n\n[[stage]]\nid = \"bugs\"\nuses = \"synthesize\"\ncandidates_per_package = 6\nbugs_per_package = 1\n{two}"
+        ),
+    );
+    let before = l.run_config(&first);
+    assert_eq!(
+        executed_units(&l, &before),
+        [
+            "bugs/image",
+            "bugs/package.more-itertools",
+            "bugs/package.toolz",
+            "bugs/summary"
+        ]
+    );
     let report = l.run_config(&config);
+    let executed = executed_units(&l, &report);
+    let bugs: Vec<_> = executed.iter().filter(|u| u.starts_with("bugs/")).collect();
+    assert_eq!(
+        bugs,
+        ["bugs/package.inflection", "bugs/summary"],
+        "adding a package executes only its unit and the summary"
+    );
     let (rollouts, gold, empty) = (
         step(&report, "rollouts"),
         step(&report, "gold"),
@@ -361,6 +407,38 @@ policy = {{ kind = "endpoint", base_url = "{llm}", model = "local-test" }}
     assert!(actions["actions"].as_u64().unwrap() >= 1, "{r}");
     assert_eq!(actions["differing"], 0, "{r}");
     assert_eq!(r["verdict"], "bit_identical");
+
+    // One more run per instance executes only the new rollouts (and the node's summary).
+    let three = l.config(
+        "three.toml",
+        &std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("runs = 2", "runs = 3"),
+    );
+    let more = l.run_config(&three);
+    let rollout_units: Vec<_> = executed_units(&l, &more)
+        .into_iter()
+        .filter(|u| u.starts_with("rollouts/"))
+        .collect();
+    assert_eq!(rollout_units.len(), 3, "{rollout_units:?}");
+    assert_eq!(
+        rollout_units
+            .iter()
+            .filter(|u| u.ends_with("/summary"))
+            .count(),
+        1,
+        "{rollout_units:?}"
+    );
+    assert!(
+        rollout_units
+            .iter()
+            .all(|u| u.ends_with("/summary") || u.ends_with(".2")),
+        "only the third run of each instance executes: {rollout_units:?}"
+    );
+    assert_eq!(
+        lines(&l, &step_output(&more, "rollouts", "trajectories")).len(),
+        6
+    );
 
     // The same rollouts as Slurm tasks (their containers started from the tasks) give the
     // same outputs, byte for byte: on a copy of this ledger, with a parameter that changes the

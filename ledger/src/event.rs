@@ -144,8 +144,8 @@ pub struct Environment {
     pub arch: String,
     pub threads: u32,
     /// What computed, in words: `cpu: <model>` (every stage runs on the CPU today), then
-    /// `; gpu present, unused: <name> (driver <version>)` for each NVIDIA GPU the driver
-    /// reports. A string, so GPU and driver need no new field (the encoding is pinned).
+    /// `; gpu present, unused: cuda:N <name> (cc <major.minor>, <memory>), ...; driver CUDA
+    /// <version>, kernel module <release>` for the NVIDIA GPUs the driver API lists. A string, so GPU and driver need no new field (the encoding is pinned).
     pub device: String,
     pub cpu_features: Vec<String>,
     pub ledger_version: String,
@@ -271,16 +271,23 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".to_string())
 }
 
-/// The `device` description of this machine (see [`Environment::device`]).
+/// The `device` description of this machine (see [`Environment::device`]). GPUs come from
+/// the CUDA driver API (`gpu::discover`), and the kernel module's release from
+/// `/proc/driver/nvidia/version`.
 fn device() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| cpu_model(&s))
         .map_or_else(|| "cpu".to_string(), |m| format!("cpu: {m}"));
-    match nvidia_gpus() {
-        Some(gpus) => format!("{cpu}; gpu present, unused: {gpus}"),
-        None => cpu,
+    let probe = gpu::discover();
+    if probe.gpus().is_empty() {
+        return cpu;
     }
+    let module = std::fs::read_to_string("/proc/driver/nvidia/version")
+        .ok()
+        .and_then(|t| parse_nvidia_proc(&t))
+        .map_or_else(String::new, |v| format!(", kernel module {v}"));
+    format!("{cpu}; gpu present, unused: {}{module}", probe.describe())
 }
 
 /// The first `model name` (x86) or `Model` (arm) line of `/proc/cpuinfo`.
@@ -290,38 +297,6 @@ fn cpu_model(cpuinfo: &str) -> Option<String> {
         let (k, v) = (k.trim(), v.trim());
         (matches!(k, "model name" | "Model") && !v.is_empty()).then(|| v.to_string())
     })
-}
-
-/// NVIDIA GPUs and their driver, when the NVIDIA kernel driver is loaded: names from
-/// `nvidia-smi`, or only the driver version from `/proc/driver/nvidia/version` when
-/// `nvidia-smi` is missing or fails.
-fn nvidia_gpus() -> Option<String> {
-    let proc = std::fs::read_to_string("/proc/driver/nvidia/version").ok()?;
-    let smi = std::process::Command::new("nvidia-smi")
-        .args(["--query-gpu=name,driver_version", "--format=csv,noheader"])
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| parse_nvidia_smi(&String::from_utf8_lossy(&o.stdout)));
-    smi.or_else(|| {
-        parse_nvidia_proc(&proc).map(|v| format!("NVIDIA GPU (driver {v}; nvidia-smi unavailable)"))
-    })
-}
-
-/// `name, driver` lines of `nvidia-smi --query-gpu=name,driver_version --format=csv,noheader`
-/// as `name (driver version), ...`.
-fn parse_nvidia_smi(out: &str) -> Option<String> {
-    let gpus: Vec<String> = out
-        .lines()
-        .filter_map(|l| {
-            let (name, driver) = l.rsplit_once(',')?;
-            let (name, driver) = (name.trim(), driver.trim());
-            (!name.is_empty() && !driver.is_empty()).then(|| format!("{name} (driver {driver})"))
-        })
-        .collect();
-    (!gpus.is_empty()).then(|| gpus.join(", "))
 }
 
 /// The driver version in `/proc/driver/nvidia/version`: the first dotted number after
@@ -390,12 +365,6 @@ mod tests {
         let cpuinfo = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9654\n";
         assert_eq!(super::cpu_model(cpuinfo).as_deref(), Some("AMD EPYC 9654"));
         assert_eq!(super::cpu_model("processor\t: 0\n"), None);
-        let smi = "NVIDIA H100 80GB HBM3, 550.54.15\nNVIDIA H100 80GB HBM3, 550.54.15\n";
-        assert_eq!(
-            super::parse_nvidia_smi(smi).as_deref(),
-            Some("NVIDIA H100 80GB HBM3 (driver 550.54.15), NVIDIA H100 80GB HBM3 (driver 550.54.15)")
-        );
-        assert_eq!(super::parse_nvidia_smi(""), None);
         let proc = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 22:23:56 UTC 2024\nGCC version:  gcc version 12.2.0\n";
         assert_eq!(super::parse_nvidia_proc(proc).as_deref(), Some("550.54.15"));
         let open = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  570.86.15  Release Build  (dvs-builder@U16-I3-B03-4-3)\n";

@@ -744,7 +744,8 @@ impl<'s> Scheduler<'s> for Units<'s, '_> {
                 }
                 inputs.sort();
                 let unit = self.specs[i].unit.clone();
-                let config = canonical_json(&unit_config(&self.node.config, &unit));
+                let recorded = self.stage.unit_config(&self.node.config, &unit);
+                let config = canonical_json(&recorded);
                 let key = action_key(
                     &self.node.stage,
                     self.node.version,
@@ -776,7 +777,9 @@ impl<'s> Scheduler<'s> for Units<'s, '_> {
                         job: Job {
                             node: self.node.id.clone(),
                             unit: Some(unit),
-                            config: self.node.config.clone(),
+                            // What the unit is keyed and recorded by, so a replay (which has
+                            // only the record) gives it the same.
+                            config: split_unit_config(recorded).0,
                             seed: self.node.seed,
                             inputs,
                             workdir: self.workdir.to_path_buf(),
@@ -802,7 +805,7 @@ impl<'s> Scheduler<'s> for Units<'s, '_> {
             started_ms,
         } = self.keyed.remove(&i).expect("a running unit");
         let unit = &self.specs[i].unit;
-        let config = canonical_json(&unit_config(&self.node.config, unit));
+        let config = canonical_json(&self.stage.unit_config(&self.node.config, unit));
         let name = format!("{}/{}", self.node.id, unit.id);
         let Served::Writer(ledger) = served else {
             unreachable!("a run records with the writer")
@@ -873,7 +876,7 @@ impl<'s> Scheduler<'s> for Units<'s, '_> {
             stage: self.node.stage.clone(),
             version: self.node.version,
             action_key: keyed.key,
-            config: canonical_json(&unit_config(&self.node.config, unit)),
+            config: canonical_json(&self.stage.unit_config(&self.node.config, unit)),
             seed: self.node.seed,
             inputs: keyed.inputs.clone(),
             outputs: Vec::new(),

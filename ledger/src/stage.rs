@@ -77,6 +77,13 @@ pub trait Stage: Send + Sync {
     fn plan(&self, _plan: &PlanContext) -> anyhow::Result<Plan> {
         Ok(Plan::whole())
     }
+    /// The config a unit is keyed and recorded by: the node's, with the unit's id and
+    /// parameters (`$unit`). A stage may leave out what the unit does not depend on (the list
+    /// of every package, when the unit makes one of them), so that a change there leaves the
+    /// unit's key and cached result alone; the unit then executes with exactly this config.
+    fn unit_config(&self, config: &serde_json::Value, unit: &Unit) -> serde_json::Value {
+        crate::runner::unit_config(config, unit)
+    }
     /// The node's metrics from its units' metrics (for a plan of several units). The default
     /// sums each metric over the units.
     fn combine_metrics(&self, units: &[Vec<(String, f64)>]) -> Vec<(String, f64)> {

@@ -2,6 +2,7 @@
 
 pub mod collect;
 pub mod command;
+pub mod device;
 pub mod evaluate;
 pub mod filter;
 pub mod http;

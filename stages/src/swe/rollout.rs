@@ -61,6 +61,9 @@ pub enum PolicyParams {
         max_new_tokens: usize,
         #[serde(default)]
         temperature: f64,
+        /// Where the checkpoint generates: `cpu` (default) or `cuda:N`.
+        #[serde(default, skip_serializing_if = "crate::device::is_cpu")]
+        device: crate::device::Device,
     },
     Gold,
     Empty,
@@ -221,7 +224,8 @@ impl Stage for Rollout {
         // 4: grading as the official harness (per-repository parsers and commands, the patch
         //    cascade, ignored build outputs kept); the score records the apply method, the
         //    harness's verdict and refusals.
-        4
+        // 5: one unit per instance and run, then a summary.
+        5
     }
     fn description(&self) -> &'static str {
         "task instances → agent trajectories in Docker, graded as SWE-bench (D_pass / D_fail, score)"
@@ -357,6 +361,20 @@ impl Stage for Rollout {
         Ok(Plan { units, outputs })
     }
 
+    /// A rollout does not depend on how many instances or runs the node has (`limit`, `runs`
+    /// only choose which rollouts there are): left out of its key, so raising them runs only
+    /// the new rollouts.
+    fn unit_config(&self, config: &serde_json::Value, unit: &Unit) -> serde_json::Value {
+        let mut config = config.clone();
+        if unit.id != SUMMARY_UNIT {
+            if let serde_json::Value::Object(map) = &mut config {
+                map.insert("limit".into(), 0.into());
+                map.insert("runs".into(), 0.into());
+            }
+        }
+        ledger::runner::unit_config(&config, unit)
+    }
+
     /// Rollouts are counted by the summary, which sees them all.
     fn combine_metrics(&self, units: &[Vec<(String, f64)>]) -> Vec<(String, f64)> {
         units.last().cloned().unwrap_or_default()
@@ -452,7 +470,9 @@ fn prepare(ctx: &StageContext, p: &Params, instances: &[TaskInstance]) -> anyhow
         PolicyParams::Checkpoint {
             max_new_tokens,
             temperature,
+            device,
         } => {
+            crate::device::require_runnable(*device, "rollout (checkpoint policy)")?;
             let tok = tokenizer
                 .clone()
                 .context("the checkpoint policy needs a `tokenizer` input")?;

@@ -21,7 +21,7 @@
 //! Outputs: `instances`, `heldout` (SWE-bench JSONL), `image` (the base image manifest),
 //! `report` (per package: tests, candidates, kept, reasons).
 
-use super::{connect_engine, env_cache_dir, parallel_jobs, Recorder, Session};
+use super::{connect_engine, env_cache_dir, Recorder, Session};
 use crate::pypi::PypiFile;
 use anyhow::{bail, Context};
 use env::container::shell_quote;
@@ -31,6 +31,7 @@ use env::image::BaseImageSpec;
 use env::instance::TaskInstance;
 use env::repo_image::{ensure_repo_image, GIT_FIXED};
 use ledger::config::{parse_params, ParamError};
+use ledger::plan::{Compose, Plan, PlanContext, Source, Unit, UnitSpec};
 use ledger::stage::{ExternalInput, ExternalSource, InputSpec, Stage, StageContext};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -89,6 +90,8 @@ pub struct Params {
     pub bugs_per_package: usize,
     #[serde(default = "default_test_timeout")]
     pub test_timeout_secs: u64,
+    /// Ignored since packages are units (the executor decides how many run at once); kept
+    /// so configs that set it still load.
     #[serde(default = "default_parallel")]
     pub parallel: usize,
     #[serde(default = "default_statement_chars")]
@@ -139,7 +142,7 @@ pub struct Environment {
     pub test_cmd: String,
 }
 
-#[derive(Default, Serialize)]
+#[derive(Default, Serialize, Deserialize)]
 struct PackageReport {
     package: String,
     tests_passing: usize,
@@ -161,7 +164,8 @@ impl Stage for Synthesize {
     fn version(&self) -> u32 {
         // 2: test logs are read by the harness's pytest parser (XPASS is no status); the
         //    base image carries `patch` for the grading cascade.
-        2
+        // 3: one unit per package (and the image, and a summary).
+        3
     }
     fn description(&self) -> &'static str {
         "PyPI sdists → SWE-bench task instances with injected bugs (train / held-out by package)"
@@ -245,85 +249,182 @@ impl Stage for Synthesize {
             .collect()
     }
 
+    /// An `image` unit (the base image, recorded), one unit per package (its sdist, in a
+    /// container of its own: test suite, mutations, reruns), and a `summary` that splits the
+    /// instances into train and held out. Adding a package runs only its unit (and the summary).
+    fn plan(&self, plan: &PlanContext) -> anyhow::Result<Plan> {
+        let p: Params = plan.params()?;
+        let mut units = vec![UnitSpec {
+            unit: Unit {
+                id: IMAGE_UNIT.into(),
+                params: serde_json::Value::Null,
+            },
+            inputs: Vec::new(),
+        }];
+        let mut summary = Vec::new();
+        for pkg in &p.packages {
+            let id = package_unit(pkg);
+            let sdist = plan
+                .input(&pkg.input_name())
+                .with_context(|| format!("input `{}`", pkg.input_name()))?;
+            units.push(UnitSpec {
+                unit: Unit {
+                    id: id.clone(),
+                    params: serde_json::to_value(pkg)?,
+                },
+                inputs: vec![
+                    (pkg.input_name(), Source::Blob(sdist)),
+                    (
+                        "image".into(),
+                        Source::Unit {
+                            unit: IMAGE_UNIT.into(),
+                            output: "image".into(),
+                        },
+                    ),
+                ],
+            });
+            for output in ["instances", "report"] {
+                summary.push((
+                    format!("{output}/{}", pkg.name),
+                    Source::Unit {
+                        unit: id.clone(),
+                        output: output.into(),
+                    },
+                ));
+            }
+        }
+        units.push(UnitSpec {
+            unit: Unit {
+                id: SUMMARY_UNIT.into(),
+                params: serde_json::Value::Null,
+            },
+            inputs: summary,
+        });
+        let from = |unit: &str, output: &str| Compose::Unit {
+            unit: unit.into(),
+            output: output.into(),
+        };
+        Ok(Plan {
+            units,
+            outputs: vec![
+                ("image".into(), from(IMAGE_UNIT, "image")),
+                ("instances".into(), from(SUMMARY_UNIT, "instances")),
+                ("heldout".into(), from(SUMMARY_UNIT, "heldout")),
+                ("report".into(), from(SUMMARY_UNIT, "report")),
+            ],
+        })
+    }
+
+    /// The image and the package units do not depend on the list of packages (each has its
+    /// own in its parameters) nor on which are held out.
+    fn unit_config(&self, config: &serde_json::Value, unit: &Unit) -> serde_json::Value {
+        let mut config = config.clone();
+        if unit.id != SUMMARY_UNIT {
+            if let serde_json::Value::Object(map) = &mut config {
+                map.insert("packages".into(), serde_json::json!([]));
+                map.insert("heldout".into(), serde_json::json!([]));
+            }
+        }
+        ledger::runner::unit_config(&config, unit)
+    }
+
+    /// The summary counts everything.
+    fn combine_metrics(&self, units: &[Vec<(String, f64)>]) -> Vec<(String, f64)> {
+        units.last().cloned().unwrap_or_default()
+    }
+
     fn execute(&self, ctx: &mut StageContext) -> anyhow::Result<()> {
         let p: Params = ctx.params()?;
-        let seed = ctx.seed();
-        let mut archives = Vec::new();
-        for pkg in &p.packages {
-            let hash = ctx.input(&pkg.input_name())?;
-            let bytes = ctx.read_blob(&hash)?;
-            pkg.file()
-                .check(&bytes)
-                .with_context(|| format!("input `{}`", pkg.input_name()))?;
-            archives.push((hash.to_hex(), bytes));
+        let unit = ctx.unit().map(|u| u.id.clone()).unwrap_or_default();
+        if unit == SUMMARY_UNIT {
+            return summarize(ctx, &p);
         }
         let engine = if ctx.replaying() && !ctx.reexecuting() {
             None
         } else {
             Some(connect_engine()?)
         };
-        let spec_key = serde_json::to_vec(&p.image)?;
         let base = match &engine {
             Some(engine) => {
                 Some(env::image::ensure_base_image(engine, &p.image, &env_cache_dir())?.0)
             }
             None => None,
         };
-        let manifest = ctx.observe("image", &spec_key, || {
-            Ok(base.as_ref().expect("an engine in a run").manifest_json())
-        })?;
-        ctx.write_output("image", "application/json", &manifest)?;
-
-        let progress = ctx.progress().clone();
-        progress.set_length(p.packages.len() as u64);
-        progress.set_message("synthesizing instances");
+        if unit == IMAGE_UNIT {
+            let spec_key = serde_json::to_vec(&p.image)?;
+            let manifest = ctx.observe("image", &spec_key, || {
+                Ok(base.as_ref().expect("an engine in a run").manifest_json())
+            })?;
+            ctx.write_output("image", "application/json", &manifest)?;
+            return Ok(());
+        }
+        let pkg: PackageSpec = ctx.unit_params()?;
+        let hash = ctx.input(&pkg.input_name())?;
+        let bytes = ctx.read_blob(&hash)?;
+        pkg.file()
+            .check(&bytes)
+            .with_context(|| format!("input `{}`", pkg.input_name()))?;
         let base_tag = base.as_ref().map(|b| b.tag.clone());
-        let rec = ctx.observer().clone();
-        let results = parallel_jobs(p.packages.len(), p.parallel, |i| {
-            let r = synthesize_package(
-                &rec,
-                engine.as_ref(),
-                base_tag.as_deref(),
-                &p,
-                &p.packages[i],
-                &archives[i],
-                seed,
-            )
-            .with_context(|| format!("package {}", p.packages[i].file().label()));
-            progress.inc(1);
-            r
-        });
-
-        let (mut train, mut heldout, mut reports) = (Vec::new(), Vec::new(), Vec::new());
-        for (pkg, r) in p.packages.iter().zip(results) {
-            let Some(r) = r else { continue };
-            let (instances, report) = r?;
-            ctx.metric(&format!("kept.{}", pkg.name), instances.len() as f64);
-            if p.heldout.contains(&pkg.name) {
-                heldout.extend(instances);
-            } else {
-                train.extend(instances);
-            }
-            reports.push(report);
-        }
-        ctx.metric("instances", train.len() as f64);
-        ctx.metric("heldout", heldout.len() as f64);
-        ctx.metric(
-            "candidates",
-            reports.iter().map(|r| r.candidates).sum::<usize>() as f64,
-        );
-        if train.is_empty() && heldout.is_empty() {
-            bail!("no bug produced both a FAIL_TO_PASS and a PASS_TO_PASS test; see the package reports (raise candidates_per_package)");
-        }
-        ctx.write_output("instances", "application/x-ndjson", &jsonl(&train)?)?;
-        ctx.write_output("heldout", "application/x-ndjson", &jsonl(&heldout)?)?;
-        ctx.write_output(
-            "report",
-            "application/json",
-            &serde_json::to_vec_pretty(&reports)?,
-        )?;
+        let (instances, report) = synthesize_package(
+            ctx.observer(),
+            engine.as_ref(),
+            base_tag.as_deref(),
+            &p,
+            &pkg,
+            &(hash.to_hex(), bytes),
+            ctx.seed(),
+        )
+        .with_context(|| format!("package {}", pkg.file().label()))?;
+        ctx.write_output("instances", "application/x-ndjson", &jsonl(&instances)?)?;
+        ctx.write_output("report", "application/json", &serde_json::to_vec(&report)?)?;
         Ok(())
     }
+}
+
+const IMAGE_UNIT: &str = "image";
+const SUMMARY_UNIT: &str = "summary";
+
+fn package_unit(pkg: &PackageSpec) -> String {
+    format!("package.{}", pkg.name)
+}
+
+/// The summary unit: every package's instances, split into train and held out, and the
+/// reports, in the config's package order.
+fn summarize(ctx: &mut StageContext, p: &Params) -> anyhow::Result<()> {
+    let (mut train, mut heldout, mut reports) = (Vec::new(), Vec::new(), Vec::new());
+    for pkg in &p.packages {
+        let text = String::from_utf8(ctx.read_input(&format!("instances/{}", pkg.name))?)?;
+        let mut instances = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            instances.push(env::instance::parse_instance(line)?);
+        }
+        let report: PackageReport =
+            serde_json::from_slice(&ctx.read_input(&format!("report/{}", pkg.name))?)?;
+        ctx.metric(&format!("kept.{}", pkg.name), instances.len() as f64);
+        if p.heldout.contains(&pkg.name) {
+            heldout.extend(instances);
+        } else {
+            train.extend(instances);
+        }
+        reports.push(report);
+    }
+    ctx.metric("instances", train.len() as f64);
+    ctx.metric("heldout", heldout.len() as f64);
+    ctx.metric(
+        "candidates",
+        reports.iter().map(|r| r.candidates).sum::<usize>() as f64,
+    );
+    if train.is_empty() && heldout.is_empty() {
+        bail!("no bug produced both a FAIL_TO_PASS and a PASS_TO_PASS test; see the package reports (raise candidates_per_package)");
+    }
+    ctx.write_output("instances", "application/x-ndjson", &jsonl(&train)?)?;
+    ctx.write_output("heldout", "application/x-ndjson", &jsonl(&heldout)?)?;
+    ctx.write_output(
+        "report",
+        "application/json",
+        &serde_json::to_vec_pretty(&reports)?,
+    )?;
+    Ok(())
 }
 
 pub fn jsonl<T: Serialize>(items: &[T]) -> anyhow::Result<Vec<u8>> {

@@ -134,6 +134,7 @@ impl Stage for Midtrain {
 
     fn execute(&self, ctx: &mut StageContext) -> Result<()> {
         let p: Params = ctx.params()?;
+        crate::device::require_runnable(p.device, "midtrain")?;
         let seed = ctx.seed();
         let has_env = optional_input(ctx, "env").is_some();
         // The ChatML specials are always added, so the model has room for them and any

@@ -93,6 +93,9 @@ impl ModelParams {
 pub struct Params {
     #[serde(default)]
     pub model: ModelParams,
+    /// Where the model trains: `cpu` (default) or `cuda:N` (see [`crate::device`]).
+    #[serde(default, skip_serializing_if = "crate::device::is_cpu")]
+    pub device: crate::device::Device,
     /// Tokens per training sequence (midtrain: must equal the shards' seq_len when given).
     pub seq_len: Option<usize>,
     pub peak_lr: Option<f64>,

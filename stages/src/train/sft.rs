@@ -72,6 +72,7 @@ impl Stage for Sft {
 
     fn execute(&self, ctx: &mut StageContext) -> Result<()> {
         let p: Params = ctx.params()?;
+        crate::device::require_runnable(p.device, "sft")?;
         let seed = ctx.seed();
         let tok = load_tokenizer(ctx, true)?.context("sft needs a `tokenizer` input")?;
         let config = model_config(ctx, &p, Some(&tok), None)?;
