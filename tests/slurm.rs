@@ -112,18 +112,23 @@ fn recorded_units(l: &Ledger) -> BTreeMap<String, usize> {
     keys
 }
 
+/// A fresh ledger with the Python repository and the config whose `command` stage runs
+/// `command` per shard.
+fn ledger_running(command: &str) -> (Ledger, std::path::PathBuf) {
+    let l = Ledger::init();
+    python_repo(&l);
+    let c = l.config("exp.toml", &config(command));
+    (l, c)
+}
+
 #[test]
 fn slurm_and_local_executors_give_the_same_outputs() {
     if !slurm_up() {
         return;
     }
-    let local = Ledger::init();
-    python_repo(&local);
-    let c = local.config("exp.toml", &config("cp {in:samples} {out:copy.zst}"));
+    let (local, c) = ledger_running("cp {in:samples} {out:copy.zst}");
     let by_local = outputs(&local.run_config(&c));
-    let cluster = Ledger::init();
-    python_repo(&cluster);
-    let c = cluster.config("exp.toml", &config("cp {in:samples} {out:copy.zst}"));
+    let (cluster, c) = ledger_running("cp {in:samples} {out:copy.zst}");
     let report = slurm_run(&cluster, &c);
     assert_eq!(outputs(&report), by_local);
     // Units ran as Slurm tasks: each left its log.
@@ -173,25 +178,30 @@ fn own_jobs(l: &Ledger, node: &str, state: &str) -> Vec<String> {
         .collect()
 }
 
+/// The first of [`own_jobs`], waited for (three minutes at most).
+fn first_own_job(l: &Ledger, node: &str, state: &str) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some(job) = own_jobs(l, node, state).into_iter().next() {
+            return job;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "no {node} task in state {state}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn a_cancelled_job_is_retried_and_the_outputs_do_not_change() {
     if !slurm_up() {
         return;
     }
-    let local = Ledger::init();
-    python_repo(&local);
-    let c = local.config(
-        "exp.toml",
-        &config("sleep 2 && cp {in:samples} {out:copy.zst}"),
-    );
+    let (local, c) = ledger_running("sleep 2 && cp {in:samples} {out:copy.zst}");
     let by_local = outputs(&local.run_config(&c));
 
-    let l = Ledger::init();
-    python_repo(&l);
-    let c = l.config(
-        "exp.toml",
-        &config("sleep 2 && cp {in:samples} {out:copy.zst}"),
-    );
+    let (l, c) = ledger_running("sleep 2 && cp {in:samples} {out:copy.zst}");
     let child = l.spawn([
         "run",
         "--json",
@@ -200,17 +210,7 @@ fn a_cancelled_job_is_retried_and_the_outputs_do_not_change() {
         "slurm",
         c.to_str().unwrap(),
     ]);
-    let started = Instant::now();
-    let victim = loop {
-        if let Some(job) = own_jobs(&l, "copies", "R").into_iter().next() {
-            break job;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "no copies task ran"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let victim = first_own_job(&l, "copies", "R");
     let cancelled = Command::new("scancel").arg(&victim).status().unwrap();
     assert!(cancelled.success());
     let out = child.wait_with_output().unwrap();
@@ -241,12 +241,7 @@ fn a_coordinator_killed_mid_node_is_resumed_without_recording_a_unit_twice() {
     if !slurm_up() {
         return;
     }
-    let l = Ledger::init();
-    python_repo(&l);
-    let c = l.config(
-        "exp.toml",
-        &config("sleep 1 && cp {in:samples} {out:copy.zst}"),
-    );
+    let (l, c) = ledger_running("sleep 1 && cp {in:samples} {out:copy.zst}");
     let mut child = l.spawn([
         "run",
         "--no-progress",
@@ -254,14 +249,7 @@ fn a_coordinator_killed_mid_node_is_resumed_without_recording_a_unit_twice() {
         "slurm",
         c.to_str().unwrap(),
     ]);
-    let started = Instant::now();
-    while own_jobs(&l, "copies", "R,PD").is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "no copies task submitted"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    first_own_job(&l, "copies", "R,PD");
     sigkill(&mut child);
     // The tasks go on without their coordinator; a new one records what they finished.
     let report = slurm_run(&l, &c);
@@ -271,12 +259,7 @@ fn a_coordinator_killed_mid_node_is_resumed_without_recording_a_unit_twice() {
         keys.values().all(|n| *n == 1),
         "a unit recorded twice: {keys:?}"
     );
-    let local = Ledger::init();
-    python_repo(&local);
-    let lc = local.config(
-        "exp.toml",
-        &config("sleep 1 && cp {in:samples} {out:copy.zst}"),
-    );
+    let (local, lc) = ledger_running("sleep 1 && cp {in:samples} {out:copy.zst}");
     assert_eq!(outputs(&report), outputs(&local.run_config(&lc)));
     let v = l.ok(["verify"]);
     assert!(v.stdout.contains(": clean"), "{v:?}");
@@ -288,12 +271,7 @@ fn a_unit_that_fails_fails_the_node_naming_it_and_its_output() {
     if !slurm_up() {
         return;
     }
-    let l = Ledger::init();
-    python_repo(&l);
-    let c = l.config(
-        "exp.toml",
-        &config("echo the shard is unreadable >&2; exit 3"),
-    );
+    let (l, c) = ledger_running("echo the shard is unreadable >&2; exit 3");
     let out = l
         .run([
             "run",
