@@ -26,43 +26,11 @@ fn slurm_up() -> bool {
 }
 
 fn config(command: &str) -> String {
-    format!(
-        r#"[experiment]
-name = "slurm"
-seed = 5
-
-[executor.slurm]
-poll_ms = 200
-max_retries = 2
-
-[[stage]]
-id = "prs"
-uses = "collect"
-source = "git"
-shard_records = 1
-git = {{ repo = "proj", unit = "commit", name = "ada/calc" }}
-
-[[stage]]
-id = "kept"
-uses = "filter"
-inputs = {{ prs = "prs.prs" }}
-subset = "general"
-
-[[stage]]
-id = "samples"
-uses = "reconstruct"
-inputs = {{ prs = "kept.prs" }}
-format = "general"
-
-[[stage]]
-id = "copies"
-uses = "command"
-inputs = {{ samples = "samples.samples" }}
-for_each = "samples"
-command = ["sh", "-c", "{command}"]
-outputs = ["copy.zst"]
-resources = {{ cpus = 1, mem = "256M" }}
-"#
+    common::per_shard_command_config(
+        "slurm",
+        "\n[executor.slurm]\npoll_ms = 200\nmax_retries = 2\n",
+        "resources = { cpus = 1, mem = \"256M\" }\n",
+        command,
     )
 }
 

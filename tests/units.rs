@@ -11,39 +11,7 @@ use std::time::{Duration, Instant};
 
 /// collect (one shard a commit) → filter → reconstruct → a command over every shard.
 fn units_config(command: &str) -> String {
-    format!(
-        r#"[experiment]
-name = "units"
-seed = 5
-
-[[stage]]
-id = "prs"
-uses = "collect"
-source = "git"
-shard_records = 1
-git = {{ repo = "proj", unit = "commit", name = "ada/calc" }}
-
-[[stage]]
-id = "kept"
-uses = "filter"
-inputs = {{ prs = "prs.prs" }}
-subset = "general"
-
-[[stage]]
-id = "samples"
-uses = "reconstruct"
-inputs = {{ prs = "kept.prs" }}
-format = "general"
-
-[[stage]]
-id = "copies"
-uses = "command"
-inputs = {{ samples = "samples.samples" }}
-for_each = "samples"
-command = ["sh", "-c", "{command}"]
-outputs = ["copy.zst"]
-"#
-    )
+    common::per_shard_command_config("units", "", "", command)
 }
 
 /// Unit events of the run `run_id`, by node: how many executed (succeeded) and failed.

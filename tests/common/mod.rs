@@ -492,3 +492,48 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A config over the repository of [`python_repo`]: `collect` (one commit per shard), `filter`
+/// and `reconstruct`, then a `command` stage running `command` (through `sh -c`) on every
+/// shard. `head` goes after `[experiment]` (an `[executor.slurm]` table), `command_extra`
+/// into the command stage (its `resources`).
+pub fn per_shard_command_config(
+    name: &str,
+    head: &str,
+    command_extra: &str,
+    command: &str,
+) -> String {
+    format!(
+        r#"[experiment]
+name = "{name}"
+seed = 5
+{head}
+[[stage]]
+id = "prs"
+uses = "collect"
+source = "git"
+shard_records = 1
+git = {{ repo = "proj", unit = "commit", name = "ada/calc" }}
+
+[[stage]]
+id = "kept"
+uses = "filter"
+inputs = {{ prs = "prs.prs" }}
+subset = "general"
+
+[[stage]]
+id = "samples"
+uses = "reconstruct"
+inputs = {{ prs = "kept.prs" }}
+format = "general"
+
+[[stage]]
+id = "copies"
+uses = "command"
+inputs = {{ samples = "samples.samples" }}
+for_each = "samples"
+command = ["sh", "-c", "{command}"]
+outputs = ["copy.zst"]
+{command_extra}"#
+    )
+}
