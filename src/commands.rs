@@ -203,7 +203,7 @@ pub fn show(ctx: &Context, what: &str, json: bool) -> Result<ExitCode> {
             if !step.metrics.is_empty() {
                 println!("metrics");
                 for (name, v) in &step.metrics {
-                    println!("  {name:<24} {v}");
+                    println!("  {name:<24} {}", ledger::display::metric(*v));
                 }
             }
         }
@@ -555,7 +555,7 @@ pub fn run(ctx: &Context, config: &Path, options: &RunOptions, json: bool) -> Re
             .metrics
             .iter()
             .filter(|(_, v)| *v != 0.0)
-            .map(|(k, v)| format!("{k}={v}"))
+            .map(|(k, v)| format!("{k}={}", ledger::display::metric(*v)))
             .collect();
         if !m.is_empty() {
             println!("      {}", m.join("  "));

@@ -45,7 +45,7 @@ fn engine() -> Option<env::Engine> {
         return None;
     }
     Some(
-        env::engine::start_with_setup_script(&env::engine::repo_setup_script())
+        env::engine::start_with_setup_script()
             .expect("LEDGER_REQUIRE_DOCKER is set but no engine could be started"),
     )
 }

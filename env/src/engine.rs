@@ -7,7 +7,7 @@
 use anyhow::{bail, Context};
 use bollard::Docker;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -185,20 +185,21 @@ pub fn docker_info_ok() -> bool {
         .unwrap_or(false)
 }
 
-/// Runs the project's setup script (which installs docker.io and debootstrap when missing and
-/// starts `dockerd --bridge=none --iptables=false` when `docker info` fails), then connects.
-pub fn start_with_setup_script(script: &Path) -> anyhow::Result<Engine> {
+/// The project's `scripts/setup.sh`, compiled in: an installed `ledger` starts an engine
+/// without the source tree it was built from.
+pub const SETUP_SCRIPT: &str = include_str!("../../scripts/setup.sh");
+
+/// Runs the setup script (which installs docker.io and debootstrap when missing and starts
+/// `dockerd --bridge=none --iptables=false` when `docker info` fails), then connects.
+pub fn start_with_setup_script() -> anyhow::Result<Engine> {
     let status = std::process::Command::new("bash")
-        .arg(script)
+        .arg("-c")
+        .arg(SETUP_SCRIPT)
+        .arg("setup.sh")
         .status()
-        .with_context(|| format!("running {}", script.display()))?;
+        .context("running the setup script (scripts/setup.sh) with bash")?;
     if !status.success() {
-        bail!("{} failed ({status})", script.display());
+        bail!("the setup script (scripts/setup.sh) failed ({status})");
     }
     Engine::connect()
-}
-
-/// The repository's `scripts/setup.sh`, found from this crate's manifest directory.
-pub fn repo_setup_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/setup.sh")
 }

@@ -5,6 +5,7 @@
 pub mod action;
 pub mod bundle;
 pub mod config;
+pub mod display;
 pub mod error;
 pub mod event;
 pub mod exec;

@@ -323,7 +323,7 @@ impl AblationReport {
                 row.extend(
                     a.values
                         .iter()
-                        .map(|v| v.value.map_or("-".to_string(), |x| x.to_string())),
+                        .map(|v| v.value.map_or("-".to_string(), ledger::display::metric)),
                 );
                 let list = |v: &[String]| {
                     if v.is_empty() {

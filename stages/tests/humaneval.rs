@@ -39,7 +39,7 @@ fn docker() -> bool {
         );
         return false;
     }
-    env::engine::start_with_setup_script(&env::engine::repo_setup_script())
+    env::engine::start_with_setup_script()
         .expect("LEDGER_REQUIRE_DOCKER is set but no engine could be started");
     true
 }

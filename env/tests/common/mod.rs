@@ -20,7 +20,7 @@ pub fn engine() -> Option<Engine> {
         return None;
     }
     Some(
-        engine::start_with_setup_script(&engine::repo_setup_script())
+        engine::start_with_setup_script()
             .expect("LEDGER_REQUIRE_DOCKER is set but no engine could be started"),
     )
 }

@@ -39,12 +39,8 @@ pub fn connect_engine() -> anyhow::Result<env::Engine> {
     let engine = if env::engine::docker_info_ok() {
         env::Engine::connect()?
     } else {
-        let script = env::engine::repo_setup_script();
-        if script.exists() {
-            env::engine::start_with_setup_script(&script)?
-        } else {
-            env::Engine::connect().context("no Docker engine answers; run scripts/setup.sh")?
-        }
+        env::engine::start_with_setup_script()
+            .context("no Docker engine answered, and starting one failed")?
     };
     // The handler lives on this engine's runtime: keep that engine for the process's life.
     static SIGNALS: std::sync::OnceLock<env::Engine> = std::sync::OnceLock::new();

@@ -117,18 +117,7 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
-/// A metric value as people read it: integers without a fraction, others to 4 significant
-/// digits.
-pub fn metric(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{v:.0}")
-    } else if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e6) {
-        format!("{v:.3e}")
-    } else {
-        let digits = (4 - (v.abs().log10().floor() as i32 + 1)).clamp(0, 6) as usize;
-        format!("{v:.digits$}")
-    }
-}
+pub use ledger::display::metric;
 
 /// A signed difference, with the relative change when the base is not zero.
 pub fn delta(base: f64, other: f64) -> String {
