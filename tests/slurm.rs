@@ -63,23 +63,6 @@ fn slurm_run(l: &Ledger, config: &std::path::Path) -> serde_json::Value {
     .json()
 }
 
-/// Unit events that succeeded, by action key, with how many times each was recorded.
-fn recorded_units(l: &Ledger) -> BTreeMap<String, usize> {
-    let mut keys: BTreeMap<String, usize> = BTreeMap::new();
-    for e in l.events() {
-        let d = &e["detail"];
-        if e["kind"] == "stage"
-            && d["status"] == "succeeded"
-            && d["node"].as_str().unwrap().contains('/')
-        {
-            *keys
-                .entry(d["action_key"].as_str().unwrap().into())
-                .or_default() += 1;
-        }
-    }
-    keys
-}
-
 /// A fresh ledger with the Python repository and the config whose `command` stage runs
 /// `command` per shard.
 fn ledger_running(command: &str) -> (Ledger, std::path::PathBuf) {
@@ -221,7 +204,7 @@ fn a_coordinator_killed_mid_node_is_resumed_without_recording_a_unit_twice() {
     sigkill(&mut child);
     // The tasks go on without their coordinator; a new one records what they finished.
     let report = slurm_run(&l, &c);
-    let keys = recorded_units(&l);
+    let keys = common::succeeded_unit_keys(&l);
     assert_eq!(keys.len(), 14, "{keys:?}");
     assert!(
         keys.values().all(|n| *n == 1),

@@ -36,23 +36,6 @@ fn unit_events(l: &Ledger, run_id: &str) -> BTreeMap<String, (usize, usize)> {
     out
 }
 
-/// Every unit action key that executed successfully, with how many times.
-fn executed_keys(l: &Ledger) -> BTreeMap<String, usize> {
-    let mut keys: BTreeMap<String, usize> = BTreeMap::new();
-    for e in l.events() {
-        let d = &e["detail"];
-        if e["kind"] == "stage"
-            && d["status"] == "succeeded"
-            && d["node"].as_str().unwrap().contains('/')
-        {
-            *keys
-                .entry(d["action_key"].as_str().unwrap().to_string())
-                .or_default() += 1;
-        }
-    }
-    keys
-}
-
 fn zstd_records(bytes: &[u8]) -> Vec<Value> {
     let text = zstd::decode_all(bytes).expect("a zstd stream");
     String::from_utf8(text)
@@ -182,7 +165,7 @@ fn a_run_killed_mid_node_resumes_with_only_the_unfinished_units() {
     // Kill it once two of the four slow units are recorded.
     let started = Instant::now();
     loop {
-        let done = executed_keys(&l).len();
+        let done = common::succeeded_unit_keys(&l).len();
         // 1 (prs) + 5 (kept) + 4 (samples) before the slow ones.
         if done >= 10 + 2 {
             break;
@@ -191,7 +174,7 @@ fn a_run_killed_mid_node_resumes_with_only_the_unfinished_units() {
         std::thread::sleep(Duration::from_millis(50));
     }
     sigkill(&mut child);
-    let before = executed_keys(&l).len();
+    let before = common::succeeded_unit_keys(&l).len();
     let report = l.run_config(&config);
     let run = report["run_id"].as_str().unwrap();
     let executed = unit_events(&l, run);
@@ -204,7 +187,7 @@ fn a_run_killed_mid_node_resumes_with_only_the_unfinished_units() {
     );
     assert!(copies < 4, "{executed:?}");
     // No unit executed twice, and the ledger is clean.
-    let keys = executed_keys(&l);
+    let keys = common::succeeded_unit_keys(&l);
     assert!(keys.values().all(|n| *n == 1), "{keys:?}");
     assert_eq!(keys.len(), 14);
     let v = l.ok(["verify"]);

@@ -537,3 +537,21 @@ outputs = ["copy.zst"]
 {command_extra}"#
     )
 }
+
+/// The action keys of every unit event that succeeded (`node/unit`), with how many times each
+/// was recorded: a unit recorded twice shows as 2.
+pub fn succeeded_unit_keys(l: &Ledger) -> std::collections::BTreeMap<String, usize> {
+    let mut keys = std::collections::BTreeMap::new();
+    for e in l.events() {
+        let d = &e["detail"];
+        if e["kind"] == "stage"
+            && d["status"] == "succeeded"
+            && d["node"].as_str().unwrap().contains('/')
+        {
+            *keys
+                .entry(d["action_key"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    keys
+}
